@@ -1,0 +1,110 @@
+"""EscalationService: escalate breached tickets, each in its own transaction.
+
+The work is one stored function, ``sla_daemon.escalate_ticket``, which takes a
+transaction-level advisory lock keyed on the ticket id (the same key in every
+process), re-reads the ticket under it and escalates only if it is still live and
+still breached. Many daemons may sweep at once: each ticket is escalated once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from .db import QUERIES
+from .sla import BreachedTicket
+
+__all__ = ["EscalationResult", "EscalationService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EscalationResult:
+    ticket_id: UUID
+    escalated: bool
+    #: escalated, escalated_without_manager, locked, not_found or not_breached.
+    outcome: str
+    breach_type: str | None
+    manager_id: UUID | None
+    tracking_number: str | None
+
+
+class EscalationService:
+    def __init__(self, pool: asyncpg.Pool, *, concurrency: int = 4) -> None:
+        self._pool = pool
+        self._concurrency = concurrency
+
+    async def escalate(self, ticket_id: UUID, reason: str | None = None) -> EscalationResult:
+        row = await self._pool.fetchrow(QUERIES["escalate_ticket"], ticket_id, reason)
+        assert row is not None
+        result = EscalationResult(
+            ticket_id=ticket_id,
+            escalated=row["escalated"],
+            outcome=row["outcome"],
+            breach_type=row["breach_type"],
+            manager_id=row["manager_id"],
+            tracking_number=row["tracking_number"],
+        )
+        if result.outcome == "escalated_without_manager":
+            log.warning(
+                "ticket %s escalated (%s breach) but its team has no manager "
+                "(or it has no team): assignee kept",
+                result.tracking_number,
+                result.breach_type,
+            )
+        elif result.escalated:
+            log.info("ticket %s escalated (%s breach)", result.tracking_number, result.breach_type)
+        return result
+
+    async def escalate_ticket(self, ticket_id: UUID, reason: str | None = None) -> bool:
+        """Escalate one ticket if it is still breached; True when this call escalated it."""
+        return (await self.escalate(ticket_id, reason)).escalated
+
+    async def bulk_escalate(
+        self, breached: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]]
+    ) -> int:
+        """Escalate every ticket given, a bounded number at a time; returns how many were."""
+        results = await self.bulk_escalate_results(breached)
+        count = sum(r.escalated for r in results)
+        log.info("Escalated %d/%d", count, len(results))
+        return count
+
+    async def bulk_escalate_results(
+        self, breached: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]]
+    ) -> list[EscalationResult]:
+        semaphore = asyncio.BoundedSemaphore(self._concurrency)
+        results: list[EscalationResult] = []
+
+        async def one(ticket: BreachedTicket) -> None:
+            try:
+                reason = (
+                    f"SLA {ticket.breach_type} deadline missed "
+                    f"(overdue by {ticket.overdue_by_hours:.2f} h)"
+                )
+                results.append(await self.escalate(ticket.ticket_id, reason))
+            finally:
+                semaphore.release()
+
+        async with asyncio.TaskGroup() as tg:
+            async for ticket in _flatten(breached):
+                await semaphore.acquire()
+                tg.create_task(one(ticket))
+        return results
+
+
+async def _flatten(
+    items: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]],
+) -> AsyncIterable[BreachedTicket]:
+    if isinstance(items, AsyncIterable):
+        async for batch in items:
+            for item in batch:
+                yield item
+    else:
+        for item in items:
+            yield item

@@ -1,0 +1,156 @@
+"""SLAService: SLA configs, deadlines, breaches and warnings, read from the database.
+
+The rules are the stored functions of ``sql/migrations`` (the same ones the ticket
+triggers use); this module only calls them, so there is one implementation.
+Breaches are judged on database time and streamed in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from .db import QUERIES
+
+__all__ = ["BreachedTicket", "Deadlines", "SLAConfig", "SLAService", "WarningTicket"]
+
+BreachType = Literal["response", "resolution"]
+
+
+@dataclass(frozen=True)
+class SLAConfig:
+    response_hours: float
+    resolution_hours: float
+    warning_threshold_pct: int
+    #: 'category', 'municipality_default' or 'system_default'.
+    source: str
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    response: datetime | None
+    resolution: datetime | None
+
+
+@dataclass(frozen=True)
+class BreachedTicket:
+    ticket_id: UUID
+    tracking_number: str
+    tenant_id: UUID
+    category: str
+    status: str
+    breach_type: BreachType
+    deadline: datetime
+    overdue_by_hours: float
+
+
+@dataclass(frozen=True)
+class WarningTicket:
+    ticket_id: UUID
+    tracking_number: str
+    deadline_kind: BreachType
+    deadline: datetime
+    warn_at: datetime
+
+
+@dataclass(frozen=True)
+class NextEvent:
+    #: The soonest warning or deadline still ahead, or None when nothing is pending.
+    at: datetime | None
+    db_now: datetime
+
+
+class SLAService:
+    """Reads SLA state; never changes a ticket except to (re)set its deadlines."""
+
+    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 500) -> None:
+        self._pool = pool
+        self._batch_size = batch_size
+
+    async def get_sla_config(self, municipality_id: UUID, category: str | None) -> SLAConfig:
+        row = await self._pool.fetchrow(QUERIES["sla_config_for"], municipality_id, category)
+        assert row is not None  # the system defaults always answer
+        return SLAConfig(
+            response_hours=row["response_hours"],
+            resolution_hours=row["resolution_hours"],
+            warning_threshold_pct=row["warning_threshold_pct"],
+            source=row["source"],
+        )
+
+    async def calculate_deadlines(
+        self,
+        municipality_id: UUID,
+        category: str | None,
+        created_at: datetime,
+        is_sensitive: bool = False,
+    ) -> Deadlines:
+        row = await self._pool.fetchrow(
+            QUERIES["compute_deadlines"], municipality_id, category, created_at, is_sensitive
+        )
+        if row is None:  # sensitive: never SLA-monitored
+            return Deadlines(None, None)
+        return Deadlines(row["response_deadline"], row["resolution_deadline"])
+
+    async def set_ticket_deadlines(self, ticket_id: UUID) -> Deadlines:
+        """Recompute a ticket's deadlines from its current config (e.g. after a config change)."""
+        row = await self._pool.fetchrow(QUERIES["set_ticket_deadlines"], ticket_id)
+        if row is None:
+            raise LookupError(f"ticket {ticket_id} does not exist")
+        return Deadlines(row["sla_response_deadline"], row["sla_resolution_deadline"])
+
+    async def find_breached_tickets(
+        self, batch_size: int | None = None
+    ) -> AsyncIterator[list[BreachedTicket]]:
+        """Breached tickets in batches, through a server-side cursor (never all at once)."""
+        size = batch_size or self._batch_size
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(QUERIES["breached_tickets"])
+            while rows := await cursor.fetch(size):
+                yield [
+                    BreachedTicket(
+                        ticket_id=r["id"],
+                        tracking_number=r["tracking_number"],
+                        tenant_id=r["tenant_id"],
+                        category=r["category"],
+                        status=r["status"],
+                        breach_type=r["breach_type"],
+                        deadline=r["deadline"],
+                        overdue_by_hours=r["overdue_by_hours"],
+                    )
+                    for r in rows
+                ]
+
+    async def find_warning_tickets(
+        self, batch_size: int | None = None
+    ) -> AsyncIterator[list[WarningTicket]]:
+        """Live tickets past their warning threshold, not breached, never warned for it."""
+        size = batch_size or self._batch_size
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = await conn.cursor(QUERIES["due_warnings"])
+            while rows := await cursor.fetch(size):
+                yield [_warning(r) for r in rows]
+
+    async def record_warnings(self, limit: int = 1000) -> list[WarningTicket]:
+        """Record due warnings once each (announced on NOTIFY 'sla_daemon_warning')."""
+        rows = await self._pool.fetch(QUERIES["record_warnings"], limit)
+        return [_warning(r) for r in rows]
+
+    async def next_event_at(self) -> NextEvent:
+        row = await self._pool.fetchrow(QUERIES["next_event_at"])
+        assert row is not None
+        return NextEvent(at=row["next_at"], db_now=row["db_now"])
+
+
+def _warning(r: asyncpg.Record) -> WarningTicket:
+    return WarningTicket(
+        ticket_id=r["ticket_id"],
+        tracking_number=r["tracking_number"],
+        deadline_kind=r["deadline_kind"],
+        deadline=r["deadline"],
+        warn_at=r["warn_at"],
+    )
