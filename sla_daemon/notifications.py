@@ -1,0 +1,308 @@
+"""WhatsApp status messages through Twilio: the only module that talks to Twilio.
+
+It never raises for a failed send: it returns a SendResult saying whether the outbox
+should record the SID, retry later, or dead-letter the message. Twilio has no
+idempotency key, so nothing here retries by itself (a timed-out POST may have been
+accepted); retries belong to the outbox, whose backoff survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from sla_daemon.config import Settings
+from sla_daemon.messages import CatalogError, MessageCatalog
+from sla_daemon.phones import InvalidPhoneError, mask_phone, normalize_phone, whatsapp_address
+
+__all__ = [
+    "PERMANENT_CODES",
+    "RATE_LIMIT_CODES",
+    "NotificationService",
+    "Outcome",
+    "SendResult",
+    "TokenBucket",
+    "classify_failure",
+]
+
+Outcome = Literal["sent", "dry_run", "retry", "dead"]
+
+#: Twilio error codes that will fail the same way for this message every time.
+PERMANENT_CODES = frozenset({21211, 21408, 21610, 21614, 63003, 63016})
+#: Twilio error codes that mean "too fast, try later".
+RATE_LIMIT_CODES = frozenset({20429, 63018})
+#: twilio-python logs every request (URL, headers, and at DEBUG the form with numbers).
+TWILIO_HTTP_LOGGER = "twilio.async_http_client"
+
+_PHONE_LIKE = re.compile(r"\+?\d[\d ()\-]{5,}\d")
+_MAX_ERROR_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one message; ``error`` never contains a phone number or secret."""
+
+    outcome: Outcome
+    sid: str | None = None
+    error_code: int | None = None
+    error: str | None = None
+    body: str | None = None
+    http_status: int | None = None
+    language: str | None = None
+    content_sid: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """True when the outbox can mark the message done (sent, or deliberately not)."""
+        return self.outcome in ("sent", "dry_run")
+
+    @property
+    def rate_limited(self) -> bool:
+        """True when Twilio asked us to slow down, so the caller may back off globally."""
+        return self.http_status == 429 or self.error_code in RATE_LIMIT_CODES
+
+
+def classify_failure(status: int | None, code: int | None) -> Literal["retry", "dead"]:
+    """Twilio's HTTP status and error code -> retry later, or give up on this message."""
+    if status == 429 or code in RATE_LIMIT_CODES:
+        return "retry"
+    if code in PERMANENT_CODES:
+        return "dead"
+    if status in (401, 403):
+        # Bad or rotated credentials fail every message alike: keep them queued
+        # (and loud in the logs) until the operator fixes the token.
+        return "retry"
+    if status is not None and 400 <= status < 500:
+        return "dead"
+    return "retry"
+
+
+class TokenBucket:
+    """Reservation token bucket: each caller takes a slot now and sleeps until it is due.
+
+    Reserving is synchronous, so callers are served in arrival order without a lock, and
+    the wait is computed rather than polled (which also makes it testable).
+    """
+
+    def __init__(
+        self, rate: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._updated = clock()
+
+    def reserve(self) -> float:
+        """Take one token; return the seconds to wait before using it (0 if available)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    async def acquire(self) -> None:
+        if (wait := self.reserve()) > 0:
+            await asyncio.sleep(wait)
+
+
+class NotificationService:
+    """Renders, rate-limits and sends WhatsApp messages; use inside ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: MessageCatalog,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._log = logger or logging.getLogger(__name__)
+        self._semaphore = asyncio.Semaphore(settings.send_concurrency)
+        rate = settings.send_rate_per_second
+        self.bucket = TokenBucket(rate, burst=max(1.0, min(rate / 4, 20.0)))
+        self._http: AsyncTwilioHttpClient | None = None
+        self._client: Any = None
+        self._from: str | None = None
+        if settings.twilio_whatsapp_number:
+            self._from = whatsapp_address(settings.twilio_whatsapp_number)
+
+    @property
+    def dry_run(self) -> bool:
+        return self._settings.effective_dry_run
+
+    async def start(self) -> None:
+        """Create the one Twilio client; must run inside the event loop (aiohttp session)."""
+        if self.dry_run or self._client is not None:
+            return
+        logging.getLogger(TWILIO_HTTP_LOGGER).setLevel(logging.WARNING)
+        auth_token = self._settings.twilio_auth_token
+        if auth_token is None:  # unreachable: effective_dry_run means Twilio is configured
+            raise RuntimeError("Twilio credentials are missing")
+        # No max_retries: its aiohttp_retry wrapper re-POSTs on 5xx and can send twice.
+        self._http = AsyncTwilioHttpClient(logger=logging.getLogger(TWILIO_HTTP_LOGGER))
+        # A non-empty environment keeps twilio from reading TWILIO_EDGE/TWILIO_REGION from
+        # os.environ, which would rewrite the host of TWILIO_API_BASE_URL.
+        self._client = Client(
+            self._settings.twilio_account_sid,
+            auth_token.get_secret_value(),
+            http_client=self._http,
+            environment={"SLA_DAEMON": "1"},
+        )
+        # Every Api-domain URL (client.messages included) is built from this attribute.
+        self._client.api.base_url = self._settings.twilio_api_base_url
+
+    async def close(self) -> None:
+        """Close the aiohttp session; safe to call twice."""
+        http, self._http, self._client = self._http, None, None
+        if http is not None:
+            await http.close()
+
+    async def __aenter__(self) -> NotificationService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def send_status_update(
+        self, phone: str | None, tracking_number: str, new_status: str, language: str | None
+    ) -> SendResult:
+        """Tell the citizen their ticket is now ``new_status``."""
+        lang = self._catalog.normalize_language(language)
+        try:
+            body = self._catalog.render_status(new_status, lang, tracking_number)
+            label = self._catalog.status_label(new_status, lang)
+        except CatalogError as exc:
+            return SendResult("dead", error=str(exc), language=lang)
+        return await self._send(phone, body, f"{new_status}:{lang}", lang, tracking_number, label)
+
+    async def send_escalation_notice(
+        self, phone: str | None, tracking_number: str, language: str | None
+    ) -> SendResult:
+        """Tell the citizen a missed deadline put their ticket in a manager's hands."""
+        lang = self._catalog.normalize_language(language)
+        body = self._catalog.render_escalation(lang, tracking_number)
+        label = self._catalog.status_label("escalated", lang)
+        return await self._send(phone, body, f"escalation:{lang}", lang, tracking_number, label)
+
+    async def _send(
+        self,
+        phone: str | None,
+        body: str,
+        template_key: str,
+        lang: str,
+        tracking_number: str,
+        label: str,
+    ) -> SendResult:
+        try:
+            to = whatsapp_address(normalize_phone(phone, self._settings.default_region))
+        except InvalidPhoneError as exc:
+            self._log.warning(
+                "not sending %s for %s to %s: %s",
+                template_key,
+                tracking_number,
+                mask_phone(phone),
+                exc,
+            )
+            return SendResult(
+                "dead", error=f"unusable phone number: {exc}", body=body, language=lang
+            )
+        content_sid = self._settings.twilio_content_sids.get(template_key)
+        if self.dry_run:
+            self._log.info(
+                "dry run: would send %s for %s to %s: %s",
+                template_key,
+                tracking_number,
+                mask_phone(to),
+                body,
+            )
+            return SendResult("dry_run", body=body, language=lang, content_sid=content_sid)
+        if self._client is None:
+            raise RuntimeError("NotificationService.start() was not called")
+        kwargs: dict[str, str] = {"to": to, "from_": str(self._from)}
+        if content_sid:
+            kwargs["content_sid"] = content_sid
+            kwargs["content_variables"] = json.dumps({"1": tracking_number, "2": label})
+        else:
+            kwargs["body"] = body
+        result = await self._post(kwargs, body, lang, content_sid)
+        self._log.log(
+            logging.DEBUG if result.outcome == "sent" else logging.WARNING,
+            "%s %s for %s to %s: %s",
+            result.outcome,
+            template_key,
+            tracking_number,
+            mask_phone(to),
+            result.sid or result.error,
+        )
+        return result
+
+    async def _post(
+        self, kwargs: dict[str, str], body: str, lang: str, content_sid: str | None
+    ) -> SendResult:
+        """One bounded, rate-limited, timed Twilio call, classified; never raises."""
+        timeout = self._settings.send_timeout_seconds
+
+        def failed(outcome: Outcome, error: str, **extra: Any) -> SendResult:
+            return SendResult(
+                outcome, error=error, body=body, language=lang, content_sid=content_sid, **extra
+            )
+
+        async with self._semaphore:
+            await self.bucket.acquire()
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await self._client.messages.create_async(**kwargs)
+            except (TwilioRestException, TwilioServiceException) as exc:
+                status = _int_or_none(getattr(exc, "status", None))
+                code = _int_or_none(getattr(exc, "code", None))
+                text = getattr(exc, "msg", None) or getattr(exc, "title", None) or "error"
+                return failed(
+                    classify_failure(status, code),
+                    _scrub(f"HTTP {status}: {text}"),
+                    error_code=code,
+                    http_status=status,
+                )
+            except TimeoutError:  # before OSError: TimeoutError is one
+                return failed("retry", f"no answer within {timeout:g}s; Twilio may have sent it")
+            except (aiohttp.ClientError, OSError) as exc:
+                return failed("retry", _scrub(f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                self._log.exception("unexpected error from the Twilio client")
+                return failed("retry", f"unexpected {type(exc).__name__}")
+        return SendResult(
+            "sent", sid=str(message.sid), body=body, language=lang, content_sid=content_sid
+        )
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _scrub(text: str) -> str:
+    """Twilio's messages quote the 'To' number; keep error codes, drop anything phone-like."""
+    return _PHONE_LIKE.sub("[number]", text)[:_MAX_ERROR_LENGTH]

@@ -1,0 +1,313 @@
+"""A fake Twilio Messages API on 127.0.0.1, for tests (in-process) and benchmarks (a process).
+
+It answers ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` the way Twilio does
+(201 with the Message JSON, or Twilio's error JSON), checks Basic auth, and can be
+scripted to fail or stall the next requests. Per-request work is kept small: the
+benchmark pushes thousands of requests a second through it.
+
+    async with FakeTwilio() as fake:
+        fake.fail_next(status=429, code=20429)
+        ...
+        await fake.wait_for(2, timeout=5)
+
+    python -m tests.fake_twilio --port 0     # prints the port, exits on SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from aiohttp import web
+
+__all__ = ["TEST_ACCOUNT_SID", "TEST_AUTH_TOKEN", "FakeTwilio", "Planned", "ReceivedMessage"]
+
+TEST_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TEST_AUTH_TOKEN = "fake-twilio-auth-token"
+API_VERSION = "2010-04-01"
+
+_ERROR_TEXT = {
+    400: "Bad Request",
+    401: "Authenticate",
+    404: "The requested resource was not found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One accepted message, as the fake saw it."""
+
+    sid: str
+    account_sid: str
+    to: str
+    from_: str
+    body: str | None
+    content_sid: str | None
+    content_variables: str | None
+    received_monotonic: float
+    received_time: float
+
+
+@dataclass(frozen=True)
+class Planned:
+    """How to answer one future request: wait ``delay`` seconds, then fail or accept."""
+
+    status: int = 201
+    code: int | None = None
+    message: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class _Waiter:
+    count: int
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FakeTwilio:
+    """The fake server; ``messages`` holds accepted messages, ``requests`` every attempt."""
+
+    def __init__(
+        self,
+        account_sid: str = TEST_ACCOUNT_SID,
+        auth_token: str = TEST_AUTH_TOKEN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.host = host
+        self.port = port
+        self.messages: list[ReceivedMessage] = []
+        #: (account SID, HTTP status) of every POST, accepted or not.
+        self.requests: list[tuple[str, int]] = []
+        self._plan: collections.deque[Planned] = collections.deque()
+        self._waiters: list[_Waiter] = []
+        self._expected_auth = "Basic " + base64.b64encode(
+            f"{account_sid}:{auth_token}".encode()
+        ).decode("ascii")
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._date_second = -1
+        self._date_text = ""
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(
+            "/2010-04-01/Accounts/{account_sid}/Messages.json", self._create_message
+        )
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeTwilio:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- scripting ------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        code: int | None = None,
+        message: str | None = None,
+        times: int = 1,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer the next ``times`` requests with this error (Twilio's error JSON)."""
+        self._plan.extend([Planned(status, code, message, delay)] * times)
+
+    def delay_next(self, seconds: float, times: int = 1) -> None:
+        """Accept the next ``times`` requests, but only after ``seconds``."""
+        self._plan.extend([Planned(delay=seconds)] * times)
+
+    def reset(self) -> None:
+        """Forget received messages and planned responses."""
+        self.messages.clear()
+        self.requests.clear()
+        self._plan.clear()
+
+    async def wait_for(
+        self,
+        count: int,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a bounded wait is the point of this helper
+    ) -> list[ReceivedMessage]:
+        """Wait until at least ``count`` messages were accepted; TimeoutError otherwise."""
+        if len(self.messages) < count:
+            waiter = _Waiter(count)
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter.event.wait()
+            except TimeoutError:
+                raise TimeoutError(
+                    f"fake Twilio received {len(self.messages)} of {count} messages "
+                    f"within {timeout}s"
+                ) from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return list(self.messages)
+
+    # --- the API --------------------------------------------------------------------
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        account_sid = request.match_info["account_sid"]
+        if request.headers.get("Authorization") != self._expected_auth:
+            return self._error(account_sid, 401, 20003, "Authenticate")
+        plan = self._plan.popleft() if self._plan else None
+        if plan is not None and plan.delay > 0:
+            try:
+                async with asyncio.timeout(plan.delay):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
+        if plan is not None and plan.status >= 300:
+            return self._error(account_sid, plan.status, plan.code, plan.message)
+        form = await request.post()
+        to, from_ = form.get("To"), form.get("From")
+        if not isinstance(to, str) or not isinstance(from_, str):
+            return self._error(account_sid, 400, 21604, "A 'To' and a 'From' are required.")
+        body, content_sid = form.get("Body"), form.get("ContentSid")
+        content_variables = form.get("ContentVariables")
+        if not isinstance(body, str) and not isinstance(content_sid, str):
+            return self._error(account_sid, 400, 21619, "A text message Body is required.")
+        sid = "SM" + uuid.uuid4().hex
+        now = time.time()
+        self.messages.append(
+            ReceivedMessage(
+                sid=sid,
+                account_sid=account_sid,
+                to=to,
+                from_=from_,
+                body=body if isinstance(body, str) else None,
+                content_sid=content_sid if isinstance(content_sid, str) else None,
+                content_variables=content_variables if isinstance(content_variables, str) else None,
+                received_monotonic=time.monotonic(),
+                received_time=now,
+            )
+        )
+        self.requests.append((account_sid, 201))
+        if self._waiters:
+            self._wake()
+        date = self._date(now)
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
+        payload = {
+            "account_sid": account_sid,
+            "api_version": API_VERSION,
+            "body": body if isinstance(body, str) else "",
+            "date_created": date,
+            "date_sent": None,
+            "date_updated": date,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": from_,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{uri}/Media.json"},
+            "to": to,
+            "uri": f"{uri}.json",
+        }
+        return web.Response(
+            status=201, body=json.dumps(payload).encode(), content_type="application/json"
+        )
+
+    def _error(
+        self, account_sid: str, status: int, code: int | None, message: str | None
+    ) -> web.Response:
+        self.requests.append((account_sid, status))
+        payload = {
+            "code": code,
+            "message": message or _ERROR_TEXT.get(status, "Error"),
+            "more_info": f"https://www.twilio.com/docs/errors/{code or status}",
+            "status": status,
+        }
+        return web.Response(
+            status=status, body=json.dumps(payload).encode(), content_type="application/json"
+        )
+
+    def _wake(self) -> None:
+        received = len(self.messages)
+        for waiter in self._waiters:
+            if received >= waiter.count:
+                waiter.event.set()
+
+    def _date(self, now: float) -> str:
+        """RFC 2822 date as Twilio writes it, formatted once per second."""
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_text = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(second))
+        return self._date_text
+
+
+async def _serve(host: str, port: int, account_sid: str, auth_token: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with FakeTwilio(account_sid, auth_token, host, port) as fake:
+        print(fake.port, flush=True)
+        await stop.wait()
+        print(f"fake twilio: {len(fake.messages)} messages accepted", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--account-sid", default=TEST_ACCOUNT_SID)
+    parser.add_argument("--auth-token", default=TEST_AUTH_TOKEN)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(args.host, args.port, args.account_sid, args.auth_token))
+    else:
+        uvloop.run(_serve(args.host, args.port, args.account_sid, args.auth_token))
+
+
+if __name__ == "__main__":
+    main()
