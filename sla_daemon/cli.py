@@ -12,6 +12,7 @@ import click
 
 from . import db
 from .config import Settings, SettingsError, load_settings
+from .logs import setup_logging
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 EX_UNAVAILABLE = 69
@@ -31,6 +32,7 @@ def _settings(ctx: click.Context) -> Settings:
         settings: Settings = load_settings(ctx.obj.get("env_file"))
     except SettingsError as exc:
         _fail(str(exc), EX_CONFIG)
+    setup_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -86,3 +88,33 @@ def migrate(ctx: click.Context) -> None:
         click.echo("applied: " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
     else:
         click.echo("schema is up to date")
+
+
+@main.command()
+@click.option("--migrate", "apply_migrations", is_flag=True, help="Apply pending migrations first.")
+@click.pass_context
+def run(ctx: click.Context, apply_migrations: bool) -> None:
+    """Run the daemon: send status notifications, escalate breached tickets, warn."""
+    from .daemon import Daemon, DaemonError
+
+    settings = _settings(ctx)
+    if not settings.database_url:
+        _fail("DATABASE_URL is not set", EX_CONFIG)
+
+    async def go() -> int:
+        assert settings.database_url
+        if apply_migrations:
+            conn = await db.connect(settings.database_url)
+            try:
+                await db.migrate(conn)
+            finally:
+                await conn.close()
+        return await Daemon(settings).run()
+
+    try:
+        code = _run(go())
+    except DaemonError as exc:
+        _fail(str(exc), EX_UNAVAILABLE)
+    except db.MigrationError as exc:
+        _fail(str(exc), EX_UNAVAILABLE)
+    sys.exit(code)

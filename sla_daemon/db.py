@@ -33,6 +33,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Anything that runs a query: a connection, a pooled one, or the pool itself.
+Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
+
 SCHEMA = "sla_daemon"
 MIGRATION_LOCK = (5459011, 0)
 
@@ -106,7 +109,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
 """
 
 
-async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
+async def _applied(conn: Executor) -> dict[int, str]:
     exists = await conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.schema_migrations"
     )
@@ -116,7 +119,7 @@ async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
     return {r["version"]: r["checksum"] for r in rows}
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
+async def pending_migrations(conn: Executor) -> list[Migration]:
     """Migrations not yet applied (for ``check``: the schema is current when empty)."""
     applied = await _applied(conn)
     return [m for m in load_migrations() if m.version not in applied]

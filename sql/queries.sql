@@ -42,6 +42,9 @@ FROM sla_daemon.escalate_ticket($1::uuid, $2::text);
 -- name: next_event_at
 SELECT sla_daemon.next_event_at() AS next_at, now() AS db_now;
 
+-- name: timer_awake
+UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer';
+
 -- name: set_timer_wake
 UPDATE sla_daemon.wakeups SET wake_at = $1::timestamptz WHERE name = 'timer';
 

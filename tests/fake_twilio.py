@@ -166,7 +166,7 @@ class FakeTwilio:
     async def wait_for(
         self,
         count: int,
-        timeout: float = 5.0,  # noqa: ASYNC109 - a bounded wait is the point of this helper
+        timeout: float = 5.0,
     ) -> list[ReceivedMessage]:
         """Wait until at least ``count`` messages were accepted; TimeoutError otherwise."""
         if len(self.messages) < count:

@@ -1,0 +1,205 @@
+"""The daemon: wires the pool, the listener, the sender and the timer into one process.
+
+Loops run in one ``asyncio.TaskGroup``. SIGTERM/SIGINT stop the claiming, let
+in-flight sends finish within a bound (then release their claims), close the
+connections and return 0. State is told through logs, metrics, /healthz and systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from . import db, systemd
+from .aio import wait_any
+from .config import Settings
+from .escalation import EscalationService
+from .listener import Listener
+from .messages import MessageCatalog
+from .metrics import Metrics, MetricsServer
+from .notifications import NotificationService
+from .outbox import OutboxProcessor
+from .sla import SLAService
+from .timer import SLATimer
+
+__all__ = ["Daemon", "DaemonError"]
+
+log = logging.getLogger(__name__)
+
+OUTBOX_CHANNEL = "sla_daemon_outbox"
+TIMER_CHANNEL = "sla_daemon_timer"
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start (schema not current, database unreachable, ...)."""
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        if not settings.database_url:
+            raise DaemonError("DATABASE_URL is not set")
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.outbox: OutboxProcessor | None = None
+        self.timer: SLATimer | None = None
+        self.listener: Listener | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._pool_ok = False
+        self._backlog = (0, 0)
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (what SIGTERM does)."""
+        self.stopping.set()
+
+    def health(self) -> tuple[bool, str]:
+        listener_ok = self.listener is not None and self.listener.healthy
+        ok = listener_ok and self._pool_ok and not self.stopping.is_set()
+        return (
+            ok,
+            f"listener={'ok' if listener_ok else 'down'} pool={'ok' if self._pool_ok else 'down'}",
+        )
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        s = self.settings
+        assert s.database_url
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        catalog = MessageCatalog.load()
+        if s.effective_dry_run:
+            log.warning(
+                "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
+                "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
+            )
+        pool = await self._connect_pool(s.database_url)
+        self._pool = pool
+        try:
+            async with pool.acquire() as conn:
+                pending = await db.pending_migrations(conn)
+            if pending:
+                names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+                raise DaemonError(
+                    f"the schema is not current ({names} missing): run sla-daemon migrate"
+                )
+            self._pool_ok = True
+            async with NotificationService(s, catalog) as notifications:
+                await self._serve(pool, notifications)
+        finally:
+            systemd.stopping()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            if self.listener is not None:
+                await self.listener.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+            log.info("stopped")
+        return 0
+
+    async def _serve(self, pool: asyncpg.Pool, notifications: NotificationService) -> None:
+        s = self.settings
+        assert s.database_url
+        outbox_wake, timer_wake = asyncio.Event(), asyncio.Event()
+        self.listener = Listener(
+            s.database_url,
+            {OUTBOX_CHANNEL: outbox_wake, TIMER_CHANNEL: timer_wake},
+            health_interval=s.health_interval_seconds,
+            health_timeout=s.health_timeout_seconds,
+            reconnect_max=s.reconnect_max_seconds,
+            on_reconnect=self.metrics.listener_reconnects.inc,
+        )
+        try:
+            await self.listener.connect(self.stopping)
+        except asyncio.CancelledError:
+            if self.stopping.is_set():
+                return
+            raise
+        sla = SLAService(pool, batch_size=s.breach_batch_size)
+        escalation = EscalationService(pool, concurrency=s.escalation_concurrency)
+        self.outbox = OutboxProcessor(pool, notifications, s, self.metrics)
+        self.timer = SLATimer(
+            pool, sla, escalation, safety_interval=s.safety_interval_seconds, metrics=self.metrics
+        )
+        if s.metrics_address:
+            self.metrics_server = MetricsServer(self.metrics, s.metrics_address, self.health)
+            await self.metrics_server.start()
+        outbox, timer = self.outbox, self.timer
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.listener.run(self.stopping))
+            tg.create_task(
+                self._resilient("outbox", lambda: outbox.run(outbox_wake, self.stopping))
+            )
+            tg.create_task(self._resilient("timer", lambda: timer.run(timer_wake, self.stopping)))
+            tg.create_task(self._watch(pool))
+            self.ready.set()
+            systemd.ready()
+            log.info(
+                "running as %s (%s)", s.worker_id, "dry run" if s.effective_dry_run else "sending"
+            )
+
+    async def _connect_pool(self, dsn: str) -> asyncpg.Pool:
+        s = self.settings
+        try:
+            return await asyncio.wait_for(
+                db.create_pool(dsn, min_size=s.pool_min_size, max_size=s.pool_max_size), 30
+            )
+        except (TimeoutError, *_DB_ERRORS) as exc:
+            raise DaemonError(f"cannot connect to the database: {exc}") from exc
+
+    async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop; when the database fails under it, log, back off and start again."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await loop()
+                return
+            except _DB_ERRORS as exc:
+                log.warning("%s loop: database error (%s); restarting in %.1fs", name, exc, delay)
+                await wait_any(self.stopping, timeout=delay)
+                delay = min(delay * 2, self.settings.reconnect_max_seconds)
+
+    async def _watch(self, pool: asyncpg.Pool) -> None:
+        """Pool health, backlog gauges, systemd WATCHDOG=1 and STATUS=, while running."""
+        s = self.settings
+        interval = s.health_interval_seconds
+        if (wd := systemd.watchdog_interval()) is not None:
+            interval = min(interval, wd)
+        while not self.stopping.is_set():
+            try:
+                row = await asyncio.wait_for(
+                    pool.fetchrow(db.QUERIES["outbox_backlog"]), s.health_timeout_seconds
+                )
+                assert row is not None
+                self._backlog = (row["backlog"], row["dead"])
+                self.metrics.outbox_backlog.set(row["backlog"])
+                self.metrics.outbox_dead.set(row["dead"])
+                self._pool_ok = True
+            except (TimeoutError, *_DB_ERRORS) as exc:
+                self._pool_ok = False
+                log.warning("database pool failed its health check: %s", exc)
+            ok, detail = self.health()
+            self.metrics.healthy.set(1 if ok else 0)
+            if ok:
+                systemd.watchdog()
+            nxt = self.timer.next_at if self.timer else None
+            systemd.status(
+                f"{'healthy' if ok else 'UNHEALTHY ' + detail}; backlog {self._backlog[0]},"
+                f" dead {self._backlog[1]}; next deadline "
+                + (nxt.isoformat(timespec="seconds") if nxt else "none")
+            )
+            await wait_any(self.stopping, timeout=interval)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s received: stopping", sig.name)
+        systemd.stopping()
+        self.stop()

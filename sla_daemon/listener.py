@@ -1,0 +1,144 @@
+"""The one dedicated LISTEN connection: wake-ups in, health out.
+
+A NOTIFY is only a hint to look at the tables, so a lost one costs a delay, never
+work. What matters is noticing a dead connection: it is checked with a timed query,
+watched for termination, and after a loss re-opened with backoff; then every
+channel is woken, because notifications sent meanwhile are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from . import db
+
+__all__ = ["Listener"]
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+class Listener:
+    def __init__(
+        self,
+        dsn: str,
+        channels: Mapping[str, asyncio.Event],
+        *,
+        health_interval: float = 5.0,
+        health_timeout: float = 2.0,
+        reconnect_max: float = 30.0,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._channels = channels
+        self._health_interval = health_interval
+        self._health_timeout = health_timeout
+        self._reconnect_max = reconnect_max
+        self._on_reconnect = on_reconnect
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self.healthy = False
+        self.backend_pid: int | None = None
+
+    async def connect(self, stopping: asyncio.Event | None = None) -> None:
+        """Open the connection and LISTEN, retrying with backoff until it works."""
+        stopping = stopping or asyncio.Event()
+
+        async def pause(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+            if stopping.is_set():
+                raise asyncio.CancelledError
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_CONNECTION_ERRORS),
+            wait=wait_random_exponential(multiplier=0.2, max=self._reconnect_max),
+            sleep=pause,
+            before_sleep=lambda state: log.warning(
+                "LISTEN connection failed (%s); retrying",
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        ):
+            with attempt:
+                await self._open()
+
+    async def _open(self) -> None:
+        await self._close_quietly()
+        conn = await db.connect(self._dsn, command_timeout=self._health_timeout * 5)
+        try:
+            for channel, event in self._channels.items():
+                await conn.add_listener(channel, _setter(event))
+            conn.add_termination_listener(lambda _c: self._lost.set())
+        except BaseException:
+            await conn.close(timeout=1)
+            raise
+        self._conn = conn
+        self.backend_pid = conn.get_server_pid()
+        self._lost.clear()
+        self.healthy = True
+        log.info("listening on %s", ", ".join(self._channels))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Health-check until stopped; on a loss reconnect, then wake every channel."""
+        while not stopping.is_set():
+            lost = asyncio.ensure_future(self._lost.wait())
+            stop = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait(
+                    {lost, stop}, timeout=self._health_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                lost.cancel()
+                stop.cancel()
+            if stopping.is_set():
+                break
+            if not self._lost.is_set() and await self._check():
+                continue
+            self.healthy = False
+            log.warning("LISTEN connection lost; reconnecting")
+            try:
+                await self.connect(stopping)
+            except asyncio.CancelledError:
+                if stopping.is_set():
+                    break
+                raise
+            if self._on_reconnect:
+                self._on_reconnect()
+            for event in self._channels.values():
+                event.set()  # re-read the tables: what was notified meanwhile is gone
+
+    async def _check(self) -> bool:
+        if self._conn is None or self._conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._health_timeout)
+        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+            log.warning("LISTEN connection failed its health check: %s", exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        self.healthy = False
+        await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:
+                conn.terminate()
+
+
+def _setter(event: asyncio.Event) -> Callable[..., None]:
+    def on_notify(*_args: object) -> None:
+        event.set()
+
+    return on_notify

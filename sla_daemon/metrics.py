@@ -1,0 +1,134 @@
+"""Prometheus metrics, and the HTTP endpoint that serves them with a health check.
+
+Each daemon gets its own registry, so several can live in one process (tests) and
+nothing is registered at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["Metrics", "MetricsServer"]
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.messages = Counter(
+            "sla_daemon_messages",
+            "Outbox rows finished, by outcome (sent, dry_run, retry, dead, superseded)"
+            " and language",
+            ["outcome", "language"],
+            registry=r,
+        )
+        self.send_latency = Histogram(
+            "sla_daemon_send_latency_seconds",
+            "From the status change's commit to Twilio's answer",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.escalations = Counter(
+            "sla_daemon_escalations",
+            "Tickets escalated, by breach type",
+            ["breach_type"],
+            registry=r,
+        )
+        self.warnings = Counter(
+            "sla_daemon_warnings", "Deadline warnings recorded", ["deadline_kind"], registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "sla_daemon_outbox_backlog", "Outbox rows pending or being sent", registry=r
+        )
+        self.outbox_dead = Gauge("sla_daemon_outbox_dead", "Dead-lettered outbox rows", registry=r)
+        self.listener_reconnects = Counter(
+            "sla_daemon_listener_reconnects",
+            "Times the LISTEN connection was re-established",
+            registry=r,
+        )
+        self.next_deadline = Gauge(
+            "sla_daemon_next_deadline_seconds",
+            "Seconds until the next deadline or warning the timer waits for (-1: none)",
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "sla_daemon_healthy", "1 while the listener and the pool answer", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``/metrics`` for Prometheus and ``/healthz`` (503 when the daemon is unhealthy)."""
+
+    def __init__(self, metrics: Metrics, address: str, health: Callable[[], tuple[bool, str]]):
+        self._metrics = metrics
+        host, _, port = address.rpartition(":")
+        self._host = host or "127.0.0.1"
+        self._port = int(port)
+        self._health = health
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/healthz", self._serve_health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("metrics and health on http://%s:%s/metrics", self._host, self.port)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _serve_health(self, request: web.Request) -> web.Response:
+        ok, detail = self._health()
+        return web.json_response({"ok": ok, "detail": detail}, status=200 if ok else 503)

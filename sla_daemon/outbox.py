@@ -1,0 +1,256 @@
+"""The outbox sender: claim due rows, send each through Twilio, record every outcome.
+
+Claims, supersession and per-ticket ordering are decided by the database
+(``sla_daemon.claim_outbox``); this loop keeps a bounded number of rows in flight,
+sends them concurrently, and writes their outcomes back in batches. A transient
+failure goes back to 'pending' with its next attempt time stored in the row (so the
+backoff survives restarts); a permanent one goes 'dead' at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from .aio import wait_any
+from .config import Settings
+from .db import QUERIES
+from .metrics import Metrics
+from .notifications import NotificationService, SendResult
+
+__all__ = ["OutboxProcessor", "OutboxRow", "retry_delay"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    ticket_id: UUID
+    kind: str
+    old_status: str | None
+    new_status: str
+    attempts: int
+    created_at: datetime
+    tracking_number: str | None
+    phone: str | None
+    language: str | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> OutboxRow:
+        return cls(**dict(r.items()))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    row_id: int
+    state: str
+    sid: str | None = None
+    code: int | None = None
+    error: str | None = None
+    retry_in: float | None = None
+    language: str | None = None
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1))."""
+    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+class OutboxProcessor:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        notifications: NotificationService,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._notifications = notifications
+        self._settings = settings
+        self._metrics = metrics or Metrics()
+        self._worker = settings.worker_id
+        self._capacity = max(settings.outbox_batch_size, settings.send_concurrency)
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._results: list[_Outcome] = []
+        self._have_results = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._flushing = False
+        self.sent = 0
+
+    async def send_status_notification(self, row: OutboxRow) -> SendResult:
+        """Send one outbox row: the escalation notice for an SLA escalation, else the status."""
+        if row.tracking_number is None:
+            return SendResult("dead", error="ticket no longer exists")
+        if row.kind == "escalation":
+            return await self._notifications.send_escalation_notice(
+                row.phone, row.tracking_number, row.language
+            )
+        return await self._notifications.send_status_update(
+            row.phone, row.tracking_number, row.new_status, row.language
+        )
+
+    async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
+        """Claim and send until stopped; then let in-flight sends finish, within a bound."""
+        flusher = asyncio.create_task(self._flush_loop(stopping))
+        try:
+            await self._claim_loop(wake, stopping)
+        finally:
+            await self._drain()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush()
+
+    async def _claim_loop(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
+        poll = self._settings.outbox_poll_seconds
+        while not stopping.is_set():
+            room = self._capacity - len(self._inflight)
+            if room <= 0:
+                await wait_any(self._progress, stopping, timeout=poll)
+                self._progress.clear()
+                continue
+            wake.clear()
+            self._progress.clear()
+            rows = await self._claim(room)
+            if rows:
+                self._start(rows)
+                continue
+            if self._inflight or self._results or self._flushing:
+                # rows of tickets in flight become claimable once those are recorded
+                await wait_any(self._progress, wake, stopping, timeout=poll)
+                continue
+            # Idle: ask writers to wake us, then look once more (a row committed
+            # between the empty claim and the flag would otherwise wait for the poll).
+            await self._pool.execute(QUERIES["outbox_sleep"])
+            rows = await self._claim(room)
+            if rows:
+                self._start(rows)
+                continue
+            await wait_any(wake, stopping, timeout=poll)
+
+    async def _claim(self, limit: int) -> list[OutboxRow]:
+        records = await self._pool.fetch(
+            QUERIES["claim_outbox"],
+            self._worker,
+            min(limit, self._settings.outbox_batch_size),
+            self._settings.outbox_lease_seconds,
+        )
+        return [OutboxRow.from_record(r) for r in records]
+
+    def _start(self, rows: list[OutboxRow]) -> None:
+        for row in rows:
+            self._inflight[row.id] = asyncio.create_task(self._send_one(row))
+
+    async def _send_one(self, row: OutboxRow) -> None:
+        try:
+            result = await self.send_status_notification(row)
+            outcome = self._outcome(row, result)
+        except Exception as exc:  # a bug must not lose the row: retry it later
+            log.exception("sending outbox row %s failed unexpectedly", row.id)
+            outcome = _Outcome(
+                row.id, "pending", error=f"{type(exc).__name__}", retry_in=self._delay(row)
+            )
+        # Cancelled (shutdown) rows stay in _inflight, so _drain releases them.
+        self._inflight.pop(row.id, None)
+        self._record(row, outcome)
+
+    def _delay(self, row: OutboxRow) -> float:
+        s = self._settings
+        return retry_delay(row.attempts, s.retry_base_seconds, s.retry_max_seconds)
+
+    def _outcome(self, row: OutboxRow, result: SendResult) -> _Outcome:
+        lang = result.language
+        if result.outcome in ("sent", "dry_run"):
+            return _Outcome(row.id, result.outcome, sid=result.sid, language=lang)
+        if result.outcome == "dead":
+            return _Outcome(
+                row.id, "dead", code=result.error_code, error=result.error, language=lang
+            )
+        if row.attempts >= self._settings.max_attempts:
+            return _Outcome(
+                row.id,
+                "dead",
+                code=result.error_code,
+                error=f"gave up after {row.attempts} attempts: {result.error}",
+                language=lang,
+            )
+        return _Outcome(
+            row.id,
+            "pending",
+            code=result.error_code,
+            error=result.error,
+            retry_in=self._delay(row),
+            language=lang,
+        )
+
+    def _record(self, row: OutboxRow, outcome: _Outcome) -> None:
+        m = self._metrics
+        label = "retry" if outcome.state == "pending" else outcome.state
+        m.messages.labels(label, outcome.language or "unknown").inc()
+        if outcome.state in ("sent", "dry_run"):
+            self.sent += 1
+            m.send_latency.observe(max(0.0, time.time() - row.created_at.timestamp()))
+        self._results.append(outcome)
+        self._have_results.set()
+
+    async def _flush_loop(self, stopping: asyncio.Event) -> None:
+        while True:
+            await self._have_results.wait()
+            self._have_results.clear()
+            try:
+                await self._flush()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The rows stay claimed; the next flush (or the lease) brings them back.
+                log.warning("could not record outbox outcomes (%s); will retry", exc)
+                await asyncio.sleep(0.5)
+                self._have_results.set()
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        self._flushing = True
+        try:
+            await self._pool.execute(
+                QUERIES["finish_outbox"],
+                self._worker,
+                [o.row_id for o in batch],
+                [o.state for o in batch],
+                [o.sid for o in batch],
+                [o.code for o in batch],
+                [o.error for o in batch],
+                [o.retry_in for o in batch],
+                [o.language for o in batch],
+            )
+        except BaseException:
+            self._results[:0] = batch
+            raise
+        finally:
+            self._flushing = False
+        self._progress.set()
+
+    async def _drain(self) -> None:
+        """Shutdown: wait for in-flight sends within the grace period, release the rest."""
+        if self._inflight:
+            log.info("waiting for %d in-flight sends", len(self._inflight))
+            _done, pending = await asyncio.wait(
+                list(self._inflight.values()), timeout=self._settings.shutdown_grace_seconds
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        leftover = list(self._inflight)
+        self._inflight.clear()
+        self._results.extend(_Outcome(row_id, "released") for row_id in leftover)
+        if leftover:
+            log.warning("released %d unfinished sends back to the outbox", len(leftover))

@@ -1,0 +1,108 @@
+"""The SLA timer: sleep until the next deadline or warning, then escalate and warn.
+
+``check_sla_breaches`` is one pass; ``SLATimer.run`` repeats it, sleeping until the
+soonest instant that matters (database time), at most the safety interval, and is
+woken early by the deadline trigger's NOTIFY. While a pass runs the daemon's wake
+time is 'infinity', so any deadline set meanwhile notifies; after it, the trigger
+notifies only for something sooner than the new wake time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from .aio import wait_any
+from .db import QUERIES
+from .escalation import EscalationService
+from .metrics import Metrics
+from .sla import SLAService
+
+__all__ = ["PassResult", "SLATimer", "check_sla_breaches"]
+
+log = logging.getLogger(__name__)
+
+# Wake a hair after the instant, so the database's now() has passed it.
+_EPSILON = timedelta(milliseconds=2)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    escalated: int
+    examined: int
+    warnings: int
+    next_at: datetime | None
+    db_now: datetime
+
+
+async def check_sla_breaches(
+    pool: asyncpg.Pool,
+    sla: SLAService,
+    escalation: EscalationService,
+    metrics: Metrics | None = None,
+) -> PassResult:
+    """One pass: escalate every breached ticket, record due warnings, find the next instant."""
+    results = await escalation.bulk_escalate_results(sla.find_breached_tickets())
+    escalated = [r for r in results if r.escalated]
+    if results:
+        log.info("Escalated %d/%d", len(escalated), len(results))
+    warnings = await sla.record_warnings()
+    for w in warnings:
+        log.warning(
+            "SLA warning: ticket %s reaches its %s deadline at %s",
+            w.tracking_number,
+            w.deadline_kind,
+            w.deadline.isoformat(timespec="seconds"),
+        )
+    if metrics is not None:
+        for r in escalated:
+            metrics.escalations.labels(r.breach_type or "unknown").inc()
+        for w in warnings:
+            metrics.warnings.labels(w.deadline_kind).inc()
+    nxt = await sla.next_event_at()
+    return PassResult(len(escalated), len(results), len(warnings), nxt.at, nxt.db_now)
+
+
+class SLATimer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        sla: SLAService,
+        escalation: EscalationService,
+        *,
+        safety_interval: float = 60.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._sla = sla
+        self._escalation = escalation
+        self._safety = timedelta(seconds=safety_interval)
+        self._metrics = metrics
+        self.next_at: datetime | None = None
+        self.passes = 0
+
+    async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            wake.clear()
+            await self._pool.execute(QUERIES["timer_awake"])
+            result = await check_sla_breaches(
+                self._pool, self._sla, self._escalation, self._metrics
+            )
+            self.passes += 1
+            wake_at = result.db_now + self._safety
+            if result.next_at is not None:
+                wake_at = min(wake_at, result.next_at + _EPSILON)
+            self.next_at = result.next_at
+            await self._pool.execute(QUERIES["set_timer_wake"], wake_at)
+            delay = max(0.0, (wake_at - result.db_now).total_seconds())
+            if self._metrics is not None:
+                self._metrics.next_deadline.set(
+                    (result.next_at - result.db_now).total_seconds()
+                    if result.next_at is not None
+                    else -1
+                )
+            await wait_any(wake, stopping, timeout=delay)
