@@ -163,7 +163,9 @@ class Daemon:
             try:
                 await loop()
                 return
-            except _DB_ERRORS as exc:
+            except Exception as exc:
+                if not _only_db_errors(exc):
+                    raise
                 log.warning("%s loop: database error (%s); restarting in %.1fs", name, exc, delay)
                 await wait_any(self.stopping, timeout=delay)
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
@@ -203,3 +205,10 @@ class Daemon:
         log.info("%s received: stopping", sig.name)
         systemd.stopping()
         self.stop()
+
+
+def _only_db_errors(exc: BaseException) -> bool:
+    """A database error, or a task group's bundle of nothing but database errors."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_db_errors(e) for e in exc.exceptions)
+    return isinstance(exc, _DB_ERRORS)

@@ -323,3 +323,48 @@ async def test_breached_tickets_found_at_start_are_escalated(
         gbv: "open",
     }
     assert len(fake.messages) == 5
+
+
+async def test_database_connections_killed_mid_burst_lose_nothing(
+    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio
+) -> None:
+    mid = await f.municipality(conn)
+    uid = await f.user(conn, ZA_PHONE)
+    past = await conn.fetchval("SELECT now() - interval '1 hour'")
+    breached = [
+        await f.ticket(conn, mid, user_id=uid, sla_response_deadline=past) for _ in range(3)
+    ]
+    await conn.execute(
+        "INSERT INTO tickets (tenant_id, tracking_number, user_id, category)"
+        " SELECT $1, 'K-' || g, $2, 'water' FROM generate_series(1, 300) g",
+        mid,
+        uid,
+    )
+    fake.delay_next(0.01, times=300)
+    async with running(daemon_settings(dsn, fake, outbox_lease_seconds=3)) as daemon:
+        await fake.wait_for(3)  # the escalations went out
+        await conn.execute(
+            "UPDATE tickets SET status = 'in_progress' WHERE tracking_number LIKE 'K-%'"
+        )
+        await fake.wait_for(30, timeout=20)
+        # every connection of the daemon, pool and listener alike, dies at once
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'sla-daemon' AND pid <> pg_backend_pid()"
+        )
+        assert killed >= 2
+        await wait_until_finished(conn, timeout=60)
+        async with asyncio.timeout(10):  # and it reports itself healthy again
+            while not daemon.health()[0]:
+                await asyncio.sleep(0.05)
+    states = await outbox_states(conn)
+    assert states == Counter({"sent": 303}), states
+    received = Counter(m.body for m in fake.messages)
+    for i in range(1, 301):
+        assert received[CATALOG.render_status("in_progress", "en", f"K-{i}")] >= 1
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM tickets WHERE id = ANY($1) AND status = 'escalated'", breached
+        )
+        == 3
+    )
