@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from sla_daemon.messages import MessageCatalog
 from . import factories as f
 from .daemon_harness import FROM_NUMBER, DaemonProcess, daemon_settings, running
 from .fake_twilio import FakeTwilio
+from .waiting import eventually
 
 CATALOG = MessageCatalog.load()
 ZA_PHONE = "082 123 4567"
@@ -52,12 +52,12 @@ async def outbox_states(conn: asyncpg.Connection) -> Counter[str]:
 
 async def wait_until_finished(conn: asyncpg.Connection, timeout: float = 20) -> Counter[str]:
     """Wait (bounded) until no outbox row is pending or being sent."""
-    async with asyncio.timeout(timeout):
-        while True:
-            states = await outbox_states(conn)
-            if not states["pending"] and not states["sending"]:
-                return states
-            await asyncio.sleep(0.05)
+
+    async def finished() -> Counter[str] | None:
+        states = await outbox_states(conn)
+        return None if states["pending"] or states["sending"] else states
+
+    return await eventually(finished, timeout, what="outbox drained")
 
 
 async def test_status_change_sends_one_message_in_the_citizens_language(
@@ -354,9 +354,7 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
         )
         assert killed >= 2
         await wait_until_finished(conn, timeout=60)
-        async with asyncio.timeout(10):  # and it reports itself healthy again
-            while not daemon.health()[0]:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: daemon.health()[0], what="healthy again")
     states = await outbox_states(conn)
     assert states == Counter({"sent": 303}), states
     received = Counter(m.body for m in fake.messages)

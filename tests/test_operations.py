@@ -16,6 +16,7 @@ import pytest
 from . import factories as f
 from .daemon_harness import DaemonProcess, daemon_settings, running
 from .fake_twilio import FakeTwilio
+from .waiting import eventually
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ async def test_daemon_tells_systemd_ready_watchdog_status_and_stopping(
     sock, path = notify_socket
     settings = daemon_settings(dsn, None, metrics_address="off", health_interval_seconds=0.2)
     proc = DaemonProcess(settings)
-    proc._env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")  # noqa: SLF001
+    proc._env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
     await proc.start()
     try:
         seen = await receive_until(sock, "READY=1")
@@ -74,17 +75,19 @@ async def test_metrics_and_health_endpoints(conn: asyncpg.Connection, dsn: str) 
         assert daemon.metrics_server is not None and daemon.metrics_server.port
         base = f"http://127.0.0.1:{daemon.metrics_server.port}"
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(10):
-                while True:  # counters move after Twilio answers and after the timer pass
-                    async with http.get(f"{base}/metrics") as r:
-                        assert r.status == 200
-                        text = await r.text()
-                    if (
-                        'sla_daemon_messages_total{language="zu",outcome="sent"} 1.0' in text
-                        and 'sla_daemon_escalations_total{breach_type="response"} 1.0' in text
-                    ):
-                        break
-                    await asyncio.sleep(0.05)
+
+            async def scraped() -> str | None:
+                # counters move after Twilio answers and after the timer pass
+                async with http.get(f"{base}/metrics") as r:
+                    assert r.status == 200
+                    text = await r.text()
+                wanted = (
+                    'sla_daemon_messages_total{language="zu",outcome="sent"} 1.0',
+                    'sla_daemon_escalations_total{breach_type="response"} 1.0',
+                )
+                return text if all(w in text for w in wanted) else None
+
+            text = await eventually(scraped, what="metrics updated")
             assert "sla_daemon_send_latency_seconds_count 1.0" in text
             assert "sla_daemon_outbox_dead 0.0" in text
             async with http.get(f"{base}/healthz") as r:
@@ -105,9 +108,10 @@ async def test_logs_never_show_a_whole_phone_number(
     caplog.set_level("DEBUG")
     async with running(daemon_settings(dsn, None)):  # dry run logs every message
         await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", tid)
-        async with asyncio.timeout(10):
-            while await conn.fetchval("SELECT state FROM sla_daemon.outbox") != "dry_run":
-                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: conn.fetchval("SELECT state = 'dry_run' FROM sla_daemon.outbox"),
+            what="row marked dry_run",
+        )
     assert "4321" in caplog.text  # the masked tail is there
     for whole in ("0827654321", "+27827654321", "27827654321", "082 765 4321"):
         assert whole not in caplog.text
