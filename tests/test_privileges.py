@@ -1,0 +1,59 @@
+"""The README's least-privilege role is enough for the daemon, and no more is needed."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from . import factories as f
+from .daemon_harness import daemon_settings, running
+from .fake_twilio import FakeTwilio
+from .test_daemon import wait_until_finished
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_grants() -> str:
+    text = README.read_text()
+    block = re.search(r"### A least-privilege database role\n.*?```sql\n(.*?)```", text, re.S)
+    assert block, "README lost its GRANT block"
+    return block.group(1)
+
+
+def as_user(dsn: str, user: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection, dsn: str) -> None:
+    role = f"sla_daemon_{abs(hash(dsn)) % 10**8}"
+    sql = (
+        readme_grants()
+        .replace("ROLE sla_daemon", f"ROLE {role}")
+        .replace("TO sla_daemon;", f"TO {role};")
+        .replace("PASSWORD '...'", "PASSWORD 'pw'")
+    )
+    await conn.execute(sql)
+    try:
+        mid = await f.municipality(conn)
+        manager = await f.user(conn, "0830000000")
+        team = await f.team(conn, mid, manager)
+        citizen = await f.user(conn, "0821234567", "zu")
+        past = await conn.fetchval("SELECT now() - interval '1 hour'")
+        await f.ticket(
+            conn, mid, user_id=citizen, assigned_team_id=team, sla_response_deadline=past
+        )
+        other = await f.ticket(conn, mid, user_id=citizen)
+        async with FakeTwilio() as fake, running(daemon_settings(as_user(dsn, role, "pw"), fake)):
+            await fake.wait_for(1)  # the escalation notice
+            await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", other)
+            await fake.wait_for(2)
+            assert await wait_until_finished(conn) == Counter({"sent": 2})
+        assert await conn.fetchval("SELECT count(*) FROM tickets WHERE status = 'escalated'") == 1
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
