@@ -107,33 +107,24 @@ class SLAService:
         self, batch_size: int | None = None
     ) -> AsyncIterator[list[BreachedTicket]]:
         """Breached tickets in batches, through a server-side cursor (never all at once)."""
-        size = batch_size or self._batch_size
-        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            cursor = await conn.cursor(QUERIES["breached_tickets"])
-            while rows := await cursor.fetch(size):
-                yield [
-                    BreachedTicket(
-                        ticket_id=r["id"],
-                        tracking_number=r["tracking_number"],
-                        tenant_id=r["tenant_id"],
-                        category=r["category"],
-                        status=r["status"],
-                        breach_type=r["breach_type"],
-                        deadline=r["deadline"],
-                        overdue_by_hours=r["overdue_by_hours"],
-                    )
-                    for r in rows
-                ]
+        async for rows in self._stream(QUERIES["breached_tickets"], batch_size):
+            yield [_breached(r) for r in rows]
 
     async def find_warning_tickets(
         self, batch_size: int | None = None
     ) -> AsyncIterator[list[WarningTicket]]:
         """Live tickets past their warning threshold, not breached, never warned for it."""
+        async for rows in self._stream(QUERIES["due_warnings"], batch_size):
+            yield [_warning(r) for r in rows]
+
+    async def _stream(
+        self, query: str, batch_size: int | None
+    ) -> AsyncIterator[list[asyncpg.Record]]:
         size = batch_size or self._batch_size
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            cursor = await conn.cursor(QUERIES["due_warnings"])
+            cursor = await conn.cursor(query)
             while rows := await cursor.fetch(size):
-                yield [_warning(r) for r in rows]
+                yield rows
 
     async def record_warnings(self, limit: int = 1000) -> list[WarningTicket]:
         """Record due warnings once each (announced on NOTIFY 'sla_daemon_warning')."""
@@ -144,6 +135,19 @@ class SLAService:
         row = await self._pool.fetchrow(QUERIES["next_event_at"])
         assert row is not None
         return NextEvent(at=row["next_at"], db_now=row["db_now"])
+
+
+def _breached(r: asyncpg.Record) -> BreachedTicket:
+    return BreachedTicket(
+        ticket_id=r["id"],
+        tracking_number=r["tracking_number"],
+        tenant_id=r["tenant_id"],
+        category=r["category"],
+        status=r["status"],
+        breach_type=r["breach_type"],
+        deadline=r["deadline"],
+        overdue_by_hours=r["overdue_by_hours"],
+    )
 
 
 def _warning(r: asyncpg.Record) -> WarningTicket:
