@@ -1,25 +1,37 @@
-"""The ``sla-daemon`` command line."""
+"""The ``sla-daemon`` command line.
+
+Commands stay thin: the work is in ``check``, ``report``, ``demo`` and the daemon.
+Exit codes follow sysexits.h: 0 ok, 64 usage, 69 database unavailable, 78 configuration
+(an invalid setting, DATABASE_URL missing, the schema not current, ...).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
+import asyncpg
 import click
 
 from . import db
+from .check import DEFAULT_TIMEOUT, EX_CONFIG, EX_UNAVAILABLE, DatabaseUnavailable, connect
 from .config import Settings, SettingsError, load_settings
 from .logs import setup_logging
 
-EX_CONFIG = 78  # sysexits.h: configuration error
-EX_UNAVAILABLE = 69
+__all__ = ["EX_CONFIG", "EX_UNAVAILABLE", "EX_USAGE", "main"]
+
+EX_USAGE = 64  # sysexits.h: the command was used incorrectly
 
 T = TypeVar("T")
 
 log = logging.getLogger("sla_daemon")
+
+_STATUS_COLOURS = {"ok": "green", "warn": "yellow", "FAIL": "red", "skip": None}
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -45,6 +57,64 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        _fail("DATABASE_URL is not set", EX_CONFIG)
+    return settings.database_url
+
+
+class _SchemaNotCurrent(Exception):
+    pass
+
+
+def _with_connection(
+    settings: Settings,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    require_schema: bool = True,
+    command_timeout: float | None = db.COMMAND_TIMEOUT,
+) -> T:
+    """Connect (bounded, explained on failure), check the schema, run ``work``, close.
+
+    Every database failure ends the process with one line and 69 (78 for configuration).
+    """
+    dsn = _database_url(settings)
+
+    async def go() -> T:
+        conn = await connect(dsn, timeout, command_timeout=command_timeout)
+        try:
+            if require_schema and (pending := await db.pending_migrations(conn)):
+                names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+                raise _SchemaNotCurrent(f"the schema is not current ({names} pending)")
+            return await work(conn)
+        finally:
+            await conn.close(timeout=timeout)
+
+    try:
+        return _run(go())
+    except DatabaseUnavailable as exc:
+        _fail(str(exc), exc.code)
+    except _SchemaNotCurrent as exc:
+        _fail(f"{exc}: run sla-daemon migrate", EX_CONFIG)
+    except db.MigrationError as exc:
+        _fail(str(exc), EX_UNAVAILABLE)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _fail(f"database error: {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+    except Exception as exc:  # asyncpg's failures are varied; one line, details at DEBUG
+        log.debug("unexpected error", exc_info=True)
+        _fail(f"unexpected {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+
+
+_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=600),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the database to answer a connection.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--env-file",
@@ -67,23 +137,10 @@ def main(ctx: click.Context, env_file: str | None) -> None:
 def migrate(ctx: click.Context) -> None:
     """Create or update sla-daemon's schema in DATABASE_URL (safe to run again)."""
     settings = _settings(ctx)
-    if not settings.database_url:
-        _fail("DATABASE_URL is not set", EX_CONFIG)
-
-    async def go() -> list[db.Migration]:
-        assert settings.database_url
-        conn = await db.connect(settings.database_url)
-        try:
-            return await db.migrate(conn)
-        finally:
-            await conn.close()
-
-    try:
-        applied = _run(go())
-    except (OSError, db.MigrationError) as exc:
-        _fail(f"migration failed: {exc}", EX_UNAVAILABLE)
-    except Exception as exc:  # asyncpg's connection errors are varied
-        _fail(f"migration failed: {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+    # No statement timeout: an index on a large platform tickets table takes its time.
+    applied = _with_connection(
+        settings, db.migrate, timeout=30, require_schema=False, command_timeout=None
+    )
     if applied:
         click.echo("applied: " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
     else:
@@ -98,23 +155,246 @@ def run(ctx: click.Context, apply_migrations: bool) -> None:
     from .daemon import Daemon, DaemonError
 
     settings = _settings(ctx)
-    if not settings.database_url:
-        _fail("DATABASE_URL is not set", EX_CONFIG)
-
-    async def go() -> int:
-        assert settings.database_url
-        if apply_migrations:
-            conn = await db.connect(settings.database_url)
-            try:
-                await db.migrate(conn)
-            finally:
-                await conn.close()
-        return await Daemon(settings).run()
-
+    _database_url(settings)
+    if apply_migrations:
+        _with_connection(
+            settings, db.migrate, timeout=30, require_schema=False, command_timeout=None
+        )
     try:
-        code = _run(go())
+        code = _run(Daemon(settings).run())
     except DaemonError as exc:
         _fail(str(exc), EX_UNAVAILABLE)
-    except db.MigrationError as exc:
-        _fail(str(exc), EX_UNAVAILABLE)
+    sys.exit(code)
+
+
+@main.command()
+@_timeout_option
+@click.pass_context
+def check(ctx: click.Context, timeout: float) -> None:
+    """Check that the daemon can run here, one line per check.
+
+    \b
+    database   DATABASE_URL reachable within --timeout (why not, if not)
+    schema     every migration applied (pending ones listed)
+    catalogs   every message catalog complete and consistent with English
+    twilio     credentials present, or dry run announced (half of them: FAIL)
+    templates  WhatsApp content templates configured (when sending)
+
+    Exits 0 when nothing FAILed (warnings do not fail), 69 when the database cannot
+    be reached or used, 78 for configuration: an invalid setting, DATABASE_URL not
+    set or malformed, pending migrations, a broken catalog, half-configured Twilio.
+    """
+    from .check import exit_code, run_checks
+
+    settings = _settings(ctx)
+    results = _run(run_checks(settings, connect_timeout=timeout))
+    for r in results:
+        status = click.style(r.status.ljust(4), fg=_STATUS_COLOURS[r.status], bold=r.failed)
+        click.echo(f"{status}  {r.name.ljust(9)}  {r.detail}")
+    sys.exit(exit_code(results))
+
+
+@main.command(short_help="SLA state per municipality and category; the outbox.")
+@click.option(
+    "--since",
+    "since",
+    metavar="PERIOD",
+    help="The period ending now for the SLA columns: 30d, 12h, 2w, 90m.  [default: 30d]",
+)
+@click.option("--days", type=click.IntRange(min=1), help="The period in days (--since Nd).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_timeout_option
+@click.pass_context
+def report(
+    ctx: click.Context, since: str | None, days: int | None, as_json: bool, timeout: float
+) -> None:
+    """SLA state per municipality and category, and the outbox's backlog.
+
+    \b
+    Now (all tickets; sensitive ones are never counted):
+      Open, In progress, Escalated  tickets with that status
+      At risk    open or in progress, not breached, past the warning
+                 threshold (warning recorded, or due and not yet recorded)
+      Breached   past a deadline and not yet escalated
+    Over the period (tickets created in it, with an SLA deadline):
+      Met/measured  met: resolved or closed and never escalated by the
+                 daemon; measured: outcome known (resolved, closed,
+                 escalated or breached). Tickets have no resolved_at, so
+                 "on time" means "never escalated".
+      SLA %      met / measured
+    Outbox: messages waiting (pending or sending), dead letters by error code.
+
+    Everything is counted in the database, in one snapshot.
+    """
+    from .report import build_report, format_table, parse_period
+
+    if since is not None and days is not None:
+        raise click.UsageError("give --since or --days, not both")
+    try:
+        period = timedelta(days=days) if days is not None else parse_period(since or "30d")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _settings(ctx)
+    result = _with_connection(settings, lambda conn: build_report(conn, period), timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_table(result, lambda text: click.style(text, bold=True)))
+
+
+@main.group()
+def outbox() -> None:
+    """The status-message outbox: list and re-queue dead letters."""
+
+
+@outbox.command("list-dead")
+@click.option(
+    "--limit", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows shown."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_timeout_option
+@click.pass_context
+def list_dead(ctx: click.Context, limit: int, as_json: bool, timeout: float) -> None:
+    """The newest dead letters: id, tracking number, status, error code and error.
+
+    Phone numbers are never shown (stored errors are scrubbed, and scrubbed again here).
+    """
+    from .report import scrub
+
+    settings = _settings(ctx)
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, list[asyncpg.Record]]:
+        counts = await conn.fetchrow(db.QUERIES["outbox_backlog"])
+        assert counts is not None
+        return counts["dead"], await conn.fetch(db.QUERIES["list_dead"], limit)
+
+    total, rows = _with_connection(settings, work, timeout=timeout)
+    items = [
+        {
+            "id": r["id"],
+            "tracking_number": r["tracking_number"],
+            "status": "escalation notice" if r["kind"] == "escalation" else r["new_status"],
+            "attempts": r["attempts"],
+            "error_code": r["error_code"],
+            "error": scrub(r["last_error"]),
+            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+        }
+        for r in rows
+    ]
+    if as_json:
+        click.echo(json.dumps({"dead": total, "rows": items}, indent=2, ensure_ascii=False))
+        return
+    if not items:
+        click.echo("no dead letters")
+        return
+    header = ["id", "ticket", "status", "code", "error"]
+    table = [
+        [
+            str(i["id"]),
+            i["tracking_number"] or "(ticket deleted)",
+            str(i["status"]),
+            "" if i["error_code"] is None else str(i["error_code"]),
+            str(i["error"] or ""),
+        ]
+        for i in items
+    ]
+    widths = [max(len(header[c]), *(len(row[c]) for row in table)) for c in range(4)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            [cells[0].rjust(widths[0])]
+            + [cells[c].ljust(widths[c]) for c in range(1, 4)]
+            + [cells[4]]
+        ).rstrip()
+
+    click.echo(click.style(line(header), bold=True))
+    for row in table:
+        click.echo(line(row))
+    click.echo(f"({len(items)} of {total} dead; sla-daemon outbox retry-dead re-queues them)")
+
+
+@outbox.command("retry-dead")
+@click.option(
+    "--id",
+    "ids",
+    type=click.IntRange(min=1),
+    multiple=True,
+    metavar="N",
+    help="Re-queue this dead row (repeat for more). Without --id: every dead row.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Re-queue every dead row without asking.")
+@_timeout_option
+@click.pass_context
+def retry_dead(ctx: click.Context, ids: tuple[int, ...], yes: bool, timeout: float) -> None:
+    """Put dead letters back in the queue, once their cause is fixed.
+
+    A row that is no longer its ticket's newest status is superseded, not sent: the
+    citizen never gets an older status after a newer one. A running daemon picks the
+    rows up at once; otherwise they go when it next starts.
+    """
+    settings = _settings(ctx)
+    if not ids and not yes:
+
+        async def count(conn: asyncpg.Connection) -> int:
+            row = await conn.fetchrow(db.QUERIES["outbox_backlog"])
+            assert row is not None
+            return int(row["dead"])
+
+        dead = _with_connection(settings, count, timeout=timeout)
+        if not dead:
+            click.echo("no dead letters: nothing to re-queue")
+            return
+        if not sys.stdin.isatty():
+            _fail(f"re-queue all {dead} dead letters? Add --yes (or pick rows with --id)", EX_USAGE)
+        click.confirm(f"Re-queue all {dead} dead letters?", abort=True)
+
+    async def requeue(conn: asyncpg.Connection) -> int:
+        n = await conn.fetchval(db.QUERIES["requeue_dead"], list(ids) if ids else None)
+        return int(n)
+
+    n = _with_connection(settings, requeue, timeout=timeout)
+    click.echo(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
+    if ids and n < len(set(ids)):
+        click.echo(f"({len(set(ids)) - n} of the given ids are not dead letters)")
+
+
+@main.command(short_help="Watch the daemon work, live, in well under a minute.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(4, 600),
+    default=20.0,
+    show_default=True,
+    help="The demo SLA's response deadline (resolution: 3x, warning at 50%). "
+    "The demo lasts about this long plus a few seconds.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also show the daemon's log (stderr).")
+@click.pass_context
+def demo(ctx: click.Context, seconds: float, verbose: bool) -> None:
+    """Watch the daemon work, live: WhatsApp texts in three languages, a warning, an
+    escalation; then stop and clean up (also on Ctrl-C).
+
+    \b
+    Without DATABASE_URL: a private PostgreSQL in a temporary folder, stopped
+    and removed at the end (needs sla-daemon[embedded]).
+    With DATABASE_URL: that database, migrated; the demo's rows are tagged
+    DEMO-xxxx- and deleted at the end. It refuses a database holding other
+    tickets or queued messages, or where another sla-daemon is connected
+    (its daemon would act on them).
+
+    Nothing is sent: the daemon runs in dry run with made-up numbers, and the
+    texts are read back from the outbox and shown with the numbers masked.
+    """
+    settings = _settings(ctx)
+    if not verbose:
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        from .demo import DemoError, run_demo
+
+        try:
+            code = run_demo(settings, _run, seconds=seconds)
+        except DemoError as exc:
+            _fail(f"demo: {exc}", exc.code)
+    except KeyboardInterrupt:  # before the demo's own handlers were in place
+        click.echo("interrupted", err=True)
+        code = 130
     sys.exit(code)

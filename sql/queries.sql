@@ -71,3 +71,97 @@ WHERE state IN ('pending', 'sending', 'dead');
 
 -- name: health
 SELECT 1;
+
+-- name: check_server
+-- (this and the queries below serve the command line: check, report, outbox)
+SELECT current_setting('server_version') AS server_version, current_database() AS database,
+       current_user AS db_user;
+
+-- name: check_applied_migrations
+SELECT version, name, checksum FROM sla_daemon.schema_migrations ORDER BY version;
+
+-- name: report_tickets
+-- SLA report per municipality and category, aggregated here (never ticket by ticket in
+-- Python), with per-municipality subtotals (category NULL, level 1) and a grand total
+-- (level 3). $1 is the period (an interval ending now). Sensitive tickets are not
+-- SLA-monitored and never counted. Snapshot columns count tickets as they are now:
+--   open / in_progress / escalated: by status;
+--   breached: in sla_daemon.breached_tickets (missed a deadline, not yet escalated);
+--   at_risk: open or in progress, not breached, and past a warning threshold: its
+--            warning is recorded in sla_daemon.events for its current deadline, or is
+--            due (sla_daemon.due_warnings) but not yet recorded.
+-- Period columns count tickets created in the period that have an SLA deadline:
+--   measured: their outcome is known: resolved or closed, or escalated (by status, or
+--             by an escalation event), or breached now;
+--   met:      resolved or closed and never escalated by the daemon (no escalation event).
+-- (tickets have no resolved_at: "resolved in time" is "resolved without an escalation")
+WITH period AS (
+    SELECT now() - $1::interval AS since
+), escalated_by_daemon AS (
+    SELECT DISTINCT e.ticket_id
+    FROM sla_daemon.events e, period p
+    WHERE e.kind = 'escalation' AND e.created_at >= p.since
+), t AS (
+    SELECT tk.tenant_id, lower(tk.category) AS category, tk.status::text AS status,
+           b.id IS NOT NULL AS breached,
+           (tk.status IN ('open', 'in_progress') AND b.id IS NULL AND (
+                EXISTS (SELECT 1 FROM sla_daemon.due_warnings d WHERE d.ticket_id = tk.id)
+                OR EXISTS (
+                    SELECT 1 FROM sla_daemon.events e
+                    WHERE e.kind = 'warning' AND e.ticket_id = tk.id AND e.deadline > now()
+                      AND ((e.deadline_kind = 'response' AND tk.status = 'open'
+                            AND e.deadline = tk.sla_response_deadline)
+                        OR (e.deadline_kind = 'resolution'
+                            AND e.deadline = tk.sla_resolution_deadline))))) AS at_risk,
+           tk.created_at >= p.since AS in_period,
+           (tk.created_at >= p.since AND tk.sla_resolution_deadline IS NOT NULL
+            AND (tk.status IN ('resolved', 'closed', 'escalated') OR b.id IS NOT NULL
+                 OR x.ticket_id IS NOT NULL)) AS measured,
+           (tk.created_at >= p.since AND tk.sla_resolution_deadline IS NOT NULL
+            AND tk.status IN ('resolved', 'closed') AND x.ticket_id IS NULL) AS met
+    FROM public.tickets tk
+    CROSS JOIN period p
+    LEFT JOIN sla_daemon.breached_tickets b ON b.id = tk.id
+    LEFT JOIN escalated_by_daemon x ON x.ticket_id = tk.id
+    WHERE tk.is_sensitive IS FALSE
+      AND (tk.status IN ('open', 'in_progress', 'escalated') OR tk.created_at >= p.since)
+)
+SELECT GROUPING(t.tenant_id, t.category) AS level, t.tenant_id,
+       max(m.name) AS municipality, t.category,
+       count(*) FILTER (WHERE t.status = 'open') AS open,
+       count(*) FILTER (WHERE t.status = 'in_progress') AS in_progress,
+       count(*) FILTER (WHERE t.at_risk) AS at_risk,
+       count(*) FILTER (WHERE t.breached) AS breached,
+       count(*) FILTER (WHERE t.status = 'escalated') AS escalated,
+       count(*) FILTER (WHERE t.in_period) AS created,
+       count(*) FILTER (WHERE t.measured) AS measured,
+       count(*) FILTER (WHERE t.met) AS met
+FROM t
+LEFT JOIN public.municipalities m ON m.id = t.tenant_id
+GROUP BY GROUPING SETS ((t.tenant_id, t.category), (t.tenant_id), ())
+ORDER BY GROUPING(t.tenant_id), max(m.name), t.tenant_id, GROUPING(t.category), t.category;
+
+-- name: report_outbox
+SELECT now() AS generated_at, now() - $1::interval AS since,
+       count(*) FILTER (WHERE state IN ('pending', 'sending')) AS backlog,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE state IN ('pending', 'sending'))
+              )::float8 AS oldest_pending_seconds
+FROM sla_daemon.outbox
+WHERE state IN ('pending', 'sending', 'dead');
+
+-- name: report_dead_by_code
+SELECT error_code, count(*) AS count, (array_agg(last_error ORDER BY id DESC))[1] AS example
+FROM sla_daemon.outbox
+WHERE state = 'dead'
+GROUP BY error_code
+ORDER BY count(*) DESC, error_code NULLS LAST;
+
+-- name: list_dead
+SELECT o.id, t.tracking_number, o.kind, o.new_status, o.attempts, o.error_code, o.last_error,
+       o.finished_at
+FROM sla_daemon.outbox o
+LEFT JOIN public.tickets t ON t.id = o.ticket_id
+WHERE o.state = 'dead'
+ORDER BY o.id DESC
+LIMIT $1::integer;

@@ -1,0 +1,308 @@
+"""``sla-daemon report``: SLA state per municipality and category, and the outbox.
+
+Everything is counted in the database (named queries ``report_tickets``,
+``report_outbox`` and ``report_dead_by_code``), in one read-only snapshot, so the
+report never loads tickets into Python one by one.
+Sensitive (gender-based-violence) tickets are not SLA-monitored and never counted.
+
+Columns, as they are now (all tickets, whenever created):
+
+- ``open``, ``in_progress``, ``escalated``: tickets with that status;
+- ``at_risk``: open or in progress, not breached, past a warning threshold (the warning
+  is recorded, or due but not yet recorded);
+- ``breached``: past a deadline and not yet escalated (``sla_daemon.breached_tickets``;
+  non-zero for long means no daemon is escalating).
+
+Over the period (tickets *created* in it):
+
+- ``created``: tickets created;
+- ``measured``: those with an SLA deadline whose outcome is known: resolved or closed,
+  escalated (by status or by an escalation event), or breached now;
+- ``met``: those resolved or closed that the daemon never escalated (no escalation
+  event);
+- ``compliance_pct``: met / measured, as a percentage (None when nothing is measured).
+
+Tickets carry no resolved_at, so "resolved within the deadline" is approximated by
+"resolved without the daemon having escalated it": a ticket resolved late while no
+daemon ran counts as met. Still-open tickets within their deadline are not measured.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from .db import QUERIES
+
+__all__ = [
+    "COMPLIANCE_DEFINITION",
+    "DeadCode",
+    "OutboxSummary",
+    "Report",
+    "ReportRow",
+    "build_report",
+    "format_table",
+    "parse_period",
+]
+
+COMPLIANCE_DEFINITION = (
+    "SLA compliance = tickets created in the period that are resolved or closed and were "
+    "never escalated by the daemon, over tickets created in the period with a deadline "
+    "whose outcome is known (resolved, closed, escalated or breached). Sensitive tickets "
+    "are excluded; tickets have no resolved_at, so 'on time' means 'never escalated'."
+)
+
+_PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)?\s*$", re.IGNORECASE)
+_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_PHONE_LIKE = re.compile(r"\+?\d[\d ()\-]{5,}\d")
+
+
+def parse_period(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w``, ``90m`` (or a bare number of days) -> a timedelta."""
+    match = _PERIOD.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a period such as 30d, 12h, 2w or 90m")
+    amount = float(match[1])
+    unit = _UNITS[(match[2] or "d").lower()]
+    period = timedelta(**{unit: amount})
+    if period <= timedelta(0):
+        raise ValueError("the period must be longer than zero")
+    return period
+
+
+def scrub(text: str | None) -> str | None:
+    """Errors are scrubbed when stored; this is a second net: nothing phone-like is shown."""
+    return None if text is None else _PHONE_LIKE.sub("[number]", text)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One municipality and category; ``category`` None is the municipality's total,
+    and ``municipality_id`` None as well is the grand total."""
+
+    municipality_id: UUID | None
+    municipality: str | None
+    category: str | None
+    open: int
+    in_progress: int
+    at_risk: int
+    breached: int
+    escalated: int
+    created: int
+    measured: int
+    met: int
+
+    @property
+    def compliance_pct(self) -> float | None:
+        return round(100.0 * self.met / self.measured, 1) if self.measured else None
+
+    @property
+    def is_total(self) -> bool:
+        return self.category is None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["municipality_id"] = str(self.municipality_id) if self.municipality_id else None
+        data["compliance_pct"] = self.compliance_pct
+        return data
+
+
+@dataclass(frozen=True)
+class DeadCode:
+    error_code: int | None
+    count: int
+    example: str | None
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    backlog: int
+    dead: int
+    oldest_pending_seconds: float | None
+    dead_by_error_code: tuple[DeadCode, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    generated_at: datetime
+    since: datetime
+    rows: tuple[ReportRow, ...]
+    total: ReportRow
+    outbox: OutboxSummary
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "since": self.since.isoformat(),
+            "compliance_definition": COMPLIANCE_DEFINITION,
+            "groups": [r.as_dict() for r in self.rows if not r.is_total],
+            "municipalities": [
+                r.as_dict() for r in self.rows if r.is_total and r.municipality_id is not None
+            ],
+            "total": self.total.as_dict(),
+            "outbox": {
+                "backlog": self.outbox.backlog,
+                "dead": self.outbox.dead,
+                "oldest_pending_seconds": self.outbox.oldest_pending_seconds,
+                "dead_by_error_code": [asdict(d) for d in self.outbox.dead_by_error_code],
+            },
+        }
+
+
+async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
+    """The report over the ``period`` ending now, read in one consistent snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        records = await conn.fetch(QUERIES["report_tickets"], period)
+        outbox = await conn.fetchrow(QUERIES["report_outbox"], period)
+        dead = await conn.fetch(QUERIES["report_dead_by_code"])
+    assert outbox is not None
+    rows: list[ReportRow] = []
+    total: ReportRow | None = None
+    for r in records:
+        row = ReportRow(
+            municipality_id=r["tenant_id"],
+            municipality=r["municipality"],
+            category=r["category"] if r["level"] == 0 else None,
+            **{k: r[k] for k in _COUNTS},
+        )
+        if r["level"] == 3:
+            total = row
+        else:
+            rows.append(row)
+    assert total is not None  # GROUPING SETS (..., ()) always yields the grand total
+    return Report(
+        generated_at=outbox["generated_at"],
+        since=outbox["since"],
+        rows=tuple(rows),
+        total=total,
+        outbox=OutboxSummary(
+            backlog=outbox["backlog"],
+            dead=outbox["dead"],
+            oldest_pending_seconds=outbox["oldest_pending_seconds"],
+            dead_by_error_code=tuple(
+                DeadCode(d["error_code"], d["count"], scrub(d["example"])) for d in dead
+            ),
+        ),
+    )
+
+
+_COUNTS = (
+    "open",
+    "in_progress",
+    "at_risk",
+    "breached",
+    "escalated",
+    "created",
+    "measured",
+    "met",
+)
+
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("open", "Open"),
+    ("in_progress", "In progress"),
+    ("at_risk", "At risk"),
+    ("breached", "Breached"),
+    ("escalated", "Escalated"),
+    ("created", "Created*"),
+    ("met_of_measured", "Met/measured*"),
+    ("compliance", "SLA %*"),
+)
+
+
+def _cells(row: ReportRow) -> dict[str, str]:
+    cells = {name: str(getattr(row, name)) for name in _COUNTS}
+    cells["met_of_measured"] = f"{row.met}/{row.measured}"
+    pct = row.compliance_pct
+    cells["compliance"] = "-" if pct is None else f"{pct:.1f}"
+    return cells
+
+
+def format_table(report: Report, style: Any = None) -> str:
+    """A plain-text table (``str.ljust``), headers styled by ``style(text)`` if given."""
+    bold = style or (lambda text: text)
+    header = ["Municipality", "Category", *(title for _, title in _COLUMNS)]
+    lines: list[list[str]] = []
+    kinds: list[str] = []
+    categories = Counter(r.municipality_id for r in report.rows if not r.is_total)
+    for row in report.rows:
+        cells = _cells(row)
+        if row.is_total and categories[row.municipality_id] < 2:
+            continue  # a municipality with one category: its subtotal says nothing new
+        if row.is_total:
+            name, category, kind = "", "(all)", "subtotal"
+        else:
+            name, kind = row.municipality or "(unknown municipality)", "row"
+            category = row.category or ""
+        lines.append([name, category, *(cells[c] for c, _ in _COLUMNS)])
+        kinds.append(kind)
+    total = _cells(report.total)
+    lines.append(["All municipalities", "", *(total[c] for c, _ in _COLUMNS)])
+    kinds.append("total")
+    # A municipality's name is shown on its first row only.
+    previous = None
+    for line, kind in zip(lines, kinds, strict=True):
+        if kind == "row":
+            if line[0] == previous:
+                line[0] = ""
+            else:
+                previous = line[0]
+        elif kind == "subtotal":
+            previous = None
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        left = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
+        right = [cells[i].rjust(widths[i]) for i in range(2, len(cells))]
+        return "  ".join(left + right).rstrip()
+
+    rule = "-" * len(render(["-" * w for w in widths]))
+    out = [
+        f"SLA report {report.since:%Y-%m-%d %H:%M} .. {report.generated_at:%Y-%m-%d %H:%M %Z}",
+        "",
+        bold(render(header)),
+        rule,
+    ]
+    if not report.rows:
+        out.append("(no tickets)")
+    for line, kind in zip(lines, kinds, strict=True):
+        if kind == "total":
+            out.append(rule)
+            out.append(bold(render(line)))
+        else:
+            out.append(render(line))
+    out.append("")
+    out.append(textwrap.fill("* over tickets created in the period. " + COMPLIANCE_DEFINITION, 88))
+    ob = report.outbox
+    oldest = (
+        f", oldest waiting {_duration(ob.oldest_pending_seconds)}"
+        if ob.oldest_pending_seconds is not None
+        else ""
+    )
+    out.append("")
+    out.append(bold("Outbox"))
+    out.append(f"  backlog (pending or sending): {ob.backlog}{oldest}")
+    out.append(f"  dead letters: {ob.dead}")
+    for d in ob.dead_by_error_code:
+        code = "no code" if d.error_code is None else str(d.error_code)
+        example = f"  e.g. {d.example}" if d.example else ""
+        out.append(f"    {code.ljust(8)} {str(d.count).rjust(6)}{example}")
+    if ob.dead:
+        out.append("  (sla-daemon outbox list-dead shows them; retry-dead re-queues them)")
+    return "\n".join(out)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
