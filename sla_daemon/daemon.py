@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 OUTBOX_CHANNEL = "sla_daemon_outbox"
 TIMER_CHANNEL = "sla_daemon_timer"
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
 
 class DaemonError(RuntimeError):
     """The daemon cannot start (schema not current, database unreachable, ...)."""
@@ -153,7 +151,7 @@ class Daemon:
             return await asyncio.wait_for(
                 db.create_pool(dsn, min_size=s.pool_min_size, max_size=s.pool_max_size), 30
             )
-        except (TimeoutError, *_DB_ERRORS) as exc:
+        except db.DB_ERRORS as exc:
             raise DaemonError(f"cannot connect to the database: {exc}") from exc
 
     async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -186,7 +184,7 @@ class Daemon:
                 self.metrics.outbox_backlog.set(row["backlog"])
                 self.metrics.outbox_dead.set(row["dead"])
                 self._pool_ok = True
-            except (TimeoutError, *_DB_ERRORS) as exc:
+            except db.DB_ERRORS as exc:
                 self._pool_ok = False
                 log.warning("database pool failed its health check: %s", exc)
             ok, detail = self.health()
@@ -211,4 +209,4 @@ def _only_db_errors(exc: BaseException) -> bool:
     """A database error, or a task group's bundle of nothing but database errors."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_db_errors(e) for e in exc.exceptions)
-    return isinstance(exc, _DB_ERRORS)
+    return isinstance(exc, db.DB_ERRORS)

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 __all__ = [
+    "DB_ERRORS",
     "QUERIES",
     "SCHEMA",
     "Migration",
@@ -38,6 +39,16 @@ Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
 SCHEMA = "sla_daemon"
 MIGRATION_LOCK = (5459011, 0)
+
+#: What a lost or failing database raises through asyncpg. InternalClientError is
+#: what asyncpg says when the server vanishes in the middle of its own protocol.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 # The listener and the pool must never wait forever on a dead server.
 COMMAND_TIMEOUT = 60.0

@@ -22,8 +22,6 @@ __all__ = ["Listener"]
 
 log = logging.getLogger(__name__)
 
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
 
 class Listener:
     def __init__(
@@ -58,7 +56,7 @@ class Listener:
                 raise asyncio.CancelledError
 
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_CONNECTION_ERRORS),
+            retry=retry_if_exception_type(db.DB_ERRORS),
             wait=wait_random_exponential(multiplier=0.2, max=self._reconnect_max),
             sleep=pause,
             before_sleep=lambda state: log.warning(
@@ -119,7 +117,7 @@ class Listener:
             return False
         try:
             await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._health_timeout)
-        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+        except db.DB_ERRORS as exc:
             log.warning("LISTEN connection failed its health check: %s", exc)
             return False
         return True

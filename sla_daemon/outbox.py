@@ -22,7 +22,7 @@ import asyncpg
 
 from .aio import wait_any
 from .config import Settings
-from .db import QUERIES
+from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .notifications import NotificationService, SendResult
 
@@ -209,7 +209,7 @@ class OutboxProcessor:
             self._have_results.clear()
             try:
                 await self._flush()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 # The rows stay claimed; the next flush (or the lease) brings them back.
                 log.warning("could not record outbox outcomes (%s); will retry", exc)
                 await asyncio.sleep(0.5)

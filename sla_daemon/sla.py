@@ -131,8 +131,9 @@ class SLAService:
         rows = await self._pool.fetch(QUERIES["record_warnings"], limit)
         return [_warning(r) for r in rows]
 
-    async def next_event_at(self) -> NextEvent:
-        row = await self._pool.fetchrow(QUERIES["next_event_at"])
+    async def next_event_at(self, after: datetime | None = None) -> NextEvent:
+        """The soonest warning or deadline after ``after`` (default: the database's now)."""
+        row = await self._pool.fetchrow(QUERIES["next_event_at"], after)
         assert row is not None
         return NextEvent(at=row["next_at"], db_now=row["db_now"])
 

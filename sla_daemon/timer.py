@@ -44,8 +44,14 @@ async def check_sla_breaches(
     sla: SLAService,
     escalation: EscalationService,
     metrics: Metrics | None = None,
+    started: datetime | None = None,
 ) -> PassResult:
-    """One pass: escalate every breached ticket, record due warnings, find the next instant."""
+    """One pass: escalate every breached ticket, record due warnings, find the next instant.
+
+    ``started`` is the database time the pass began: the next instant is sought after
+    it, so one that fell due during the pass comes back (already past) rather than
+    being skipped until the safety interval.
+    """
     results = await escalation.bulk_escalate_results(sla.find_breached_tickets())
     escalated = [r for r in results if r.escalated]
     if results:
@@ -63,7 +69,7 @@ async def check_sla_breaches(
             metrics.escalations.labels(r.breach_type or "unknown").inc()
         for w in warnings:
             metrics.warnings.labels(w.deadline_kind).inc()
-    nxt = await sla.next_event_at()
+    nxt = await sla.next_event_at(started)
     return PassResult(len(escalated), len(results), len(warnings), nxt.at, nxt.db_now)
 
 
@@ -88,9 +94,9 @@ class SLATimer:
     async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             wake.clear()
-            await self._pool.execute(QUERIES["timer_awake"])
+            started = await self._pool.fetchval(QUERIES["timer_awake"])
             result = await check_sla_breaches(
-                self._pool, self._sla, self._escalation, self._metrics
+                self._pool, self._sla, self._escalation, self._metrics, started
             )
             self.passes += 1
             wake_at = result.db_now + self._safety

@@ -40,10 +40,10 @@ SELECT escalated, outcome, breach_type, manager_id, tracking_number
 FROM sla_daemon.escalate_ticket($1::uuid, $2::text);
 
 -- name: next_event_at
-SELECT sla_daemon.next_event_at() AS next_at, now() AS db_now;
+SELECT sla_daemon.next_event_at(coalesce($1::timestamptz, now())) AS next_at, now() AS db_now;
 
 -- name: timer_awake
-UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer';
+UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer' RETURNING now();
 
 -- name: set_timer_wake
 UPDATE sla_daemon.wakeups SET wake_at = $1::timestamptz WHERE name = 'timer';

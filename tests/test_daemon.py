@@ -271,7 +271,8 @@ async def test_listener_killed_by_the_server_recovers_and_loses_nothing(
         # changes made while the listener is down: their NOTIFYs go nowhere
         await conn.execute("UPDATE tickets SET status = 'in_progress'")
         await fake.wait_for(20, timeout=15)  # well before the 30 s poll
-        assert daemon.listener.backend_pid != old_pid
+        listener = daemon.listener
+        await eventually(lambda: listener.backend_pid != old_pid, what="listener reconnected")
         assert daemon.metrics.listener_reconnects._value.get() >= 1
         await conn.execute("UPDATE tickets SET status = 'resolved'")
         await fake.wait_for(40, timeout=15)

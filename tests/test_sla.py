@@ -298,3 +298,18 @@ async def test_next_event_at_is_the_soonest_warning_or_deadline(
     assert event.at == at + timedelta(minutes=30)  # the response warning comes first
     await f.ticket(conn, mid, "gbv", is_sensitive=True)
     assert (await sla.next_event_at()).at == event.at
+
+
+async def test_next_event_after_a_given_time_includes_instants_already_past(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # An instant that fell due while a timer pass ran must not be skipped.
+    sla = SLAService(pool)
+    mid = await f.municipality(conn)
+    now = await conn.fetchval("SELECT now()")
+    due = now - timedelta(seconds=1)
+    await f.ticket(
+        conn, mid, sla_response_deadline=due, sla_resolution_deadline=now + timedelta(hours=1)
+    )
+    assert (await sla.next_event_at(now - timedelta(seconds=5))).at == due
+    assert (await sla.next_event_at()).at != due

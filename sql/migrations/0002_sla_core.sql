@@ -339,16 +339,18 @@ BEGIN
 END
 $$;
 
--- The next instant the timer loop must look: a warning or a deadline of a live ticket.
-CREATE FUNCTION sla_daemon.next_event_at() RETURNS timestamptz
+-- The next instant after p_after the timer loop must look at: a warning or a deadline
+-- of a live ticket. The timer passes the time its pass started, so an instant that
+-- fell due while the pass ran is not skipped.
+CREATE FUNCTION sla_daemon.next_event_at(p_after timestamptz DEFAULT now()) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT least(
         (SELECT min(t.sla_response_deadline) FROM public.tickets t
-         WHERE t.status = 'open' AND NOT t.is_sensitive AND t.sla_response_deadline > now()),
+         WHERE t.status = 'open' AND NOT t.is_sensitive AND t.sla_response_deadline > p_after),
         (SELECT min(t.sla_resolution_deadline) FROM public.tickets t
          WHERE t.status IN ('open', 'in_progress') AND NOT t.is_sensitive
-           AND t.sla_resolution_deadline > now()),
-        (SELECT min(w.warn_at) FROM sla_daemon.warnings w WHERE w.warn_at > now()))
+           AND t.sla_resolution_deadline > p_after),
+        (SELECT min(w.warn_at) FROM sla_daemon.warnings w WHERE w.warn_at > p_after))
 $$;
 
 -- Escalate one ticket in the caller's transaction, under a transaction-level advisory
