@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = Field(default=60.0, gt=0)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     max_attempts: int = Field(default=12, ge=1)
+    #: Finished (sent, superseded, dry-run) outbox rows are deleted after this; 0 keeps all.
+    outbox_retention_days: float = Field(default=30.0, ge=0)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
 

@@ -139,6 +139,8 @@ class Daemon:
             )
             tg.create_task(self._resilient("timer", lambda: timer.run(timer_wake, self.stopping)))
             tg.create_task(self._watch(pool))
+            if s.outbox_retention_days > 0:
+                tg.create_task(self._resilient("housekeeping", lambda: self._purge(pool)))
             self.ready.set()
             systemd.ready()
             log.info(
@@ -198,6 +200,21 @@ class Daemon:
                 + (nxt.isoformat(timespec="seconds") if nxt else "none")
             )
             await wait_any(self.stopping, timeout=interval)
+
+    async def _purge(self, pool: asyncpg.Pool) -> None:
+        """Delete finished outbox rows past retention, hourly, in small batches."""
+        days = self.settings.outbox_retention_days
+        while not self.stopping.is_set():
+            total = 0
+            while not self.stopping.is_set():
+                status = await pool.execute(db.QUERIES["purge_outbox"], days, 5000)
+                deleted = int(status.rpartition(" ")[2])
+                total += deleted
+                if deleted < 5000:
+                    break
+            if total:
+                log.info("deleted %d finished outbox rows older than %g days", total, days)
+            await wait_any(self.stopping, timeout=3600)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("%s received: stopping", sig.name)

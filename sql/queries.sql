@@ -72,6 +72,16 @@ WHERE state IN ('pending', 'sending', 'dead');
 -- name: health
 SELECT 1;
 
+-- name: purge_outbox
+-- Finished rows past retention, a batch at a time (dead rows stay until handled).
+WITH old AS (
+    SELECT id FROM sla_daemon.outbox
+    WHERE state IN ('sent', 'superseded', 'dry_run')
+      AND finished_at < now() - $1::float8 * interval '1 day'
+    LIMIT $2
+)
+DELETE FROM sla_daemon.outbox o USING old WHERE o.id = old.id;
+
 -- name: check_server
 -- (this and the queries below serve the command line: check, report, outbox)
 SELECT current_setting('server_version') AS server_version, current_database() AS database,

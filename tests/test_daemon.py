@@ -367,3 +367,23 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
         )
         == 3
     )
+
+
+async def test_finished_rows_past_retention_are_purged(conn: asyncpg.Connection, dsn: str) -> None:
+    await make_tickets(conn, 3)
+    await conn.execute("UPDATE tickets SET status = 'in_progress'")
+    await conn.execute(
+        "UPDATE sla_daemon.outbox SET state = 'sent', finished_at = now() - interval '40 days'"
+        " WHERE id = (SELECT min(id) FROM sla_daemon.outbox)"
+    )
+    await conn.execute(
+        "UPDATE sla_daemon.outbox SET state = 'dead', finished_at = now() - interval '40 days'"
+        " WHERE id = (SELECT max(id) FROM sla_daemon.outbox)"
+    )
+    async with running(daemon_settings(dsn, None, outbox_retention_days=30)):
+        # the old sent row goes; the old dead row and the fresh one stay
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = 2 FROM sla_daemon.outbox"), what="purge"
+        )
+        states = await wait_until_finished(conn)
+    assert states == Counter({"dead": 1, "dry_run": 1})
