@@ -126,6 +126,11 @@ class SLAService:
             while rows := await cursor.fetch(size):
                 yield rows
 
+    async def tidy_deadlines(self) -> int:
+        """Drop due schedule rows whose ticket can no longer breach (resolved, moved...)."""
+        count: int = await self._pool.fetchval(QUERIES["tidy_deadlines"])
+        return count
+
     async def record_warnings(self, limit: int = 1000) -> list[WarningTicket]:
         """Record due warnings once each (announced on NOTIFY 'sla_daemon_warning')."""
         rows = await self._pool.fetch(QUERIES["record_warnings"], limit)

@@ -56,6 +56,7 @@ async def check_sla_breaches(
     escalated = [r for r in results if r.escalated]
     if results:
         log.info("Escalated %d/%d", len(escalated), len(results))
+    await sla.tidy_deadlines()
     warnings = await sla.record_warnings()
     for w in warnings:
         log.warning(

@@ -31,6 +31,9 @@ SELECT ticket_id, tracking_number, tenant_id, category, status, deadline_kind, d
 FROM sla_daemon.due_warnings
 ORDER BY warn_at;
 
+-- name: tidy_deadlines
+SELECT sla_daemon.tidy_deadlines();
+
 -- name: record_warnings
 SELECT ticket_id, tracking_number, deadline_kind, deadline, warn_at
 FROM sla_daemon.record_warnings($1::integer);

@@ -29,6 +29,8 @@ CREATE TABLE sla_configs (id serial PRIMARY KEY, municipality_id uuid, category 
 INSERT INTO municipalities VALUES ('00000000-0000-0000-0000-000000000001', 'Msunduzi');
 INSERT INTO tickets (tenant_id, tracking_number, category, legacy_note)
     VALUES ('00000000-0000-0000-0000-000000000001', 'OLD-1', 'roads', 'keep me');
+INSERT INTO tickets (tenant_id, tracking_number, category, sla_response_deadline)
+    VALUES ('00000000-0000-0000-0000-000000000001', 'OLD-2', 'roads', now() - interval '1 hour');
 -- a config that predates the constraints: kept, ignored by the rules
 INSERT INTO sla_configs (municipality_id, category, response_hours, resolution_hours,
     warning_threshold_pct, is_active)
@@ -77,6 +79,11 @@ async def test_migrate_on_existing_platform_tables_keeps_them(empty_dsn: str) ->
             == "text"
         )
         assert await conn.fetchval("SELECT count(*) FROM sla_configs") == 1
+        # live tickets that already had deadlines were scheduled by the migration
+        breached = await conn.fetch(
+            "SELECT tracking_number, breach_type FROM sla_daemon.breached_tickets"
+        )
+        assert [tuple(r) for r in breached] == [("OLD-2", "response")]
         # the rules work on a text status column; the bad legacy config is ignored
         mid = "00000000-0000-0000-0000-000000000001"
         tid = await f.ticket(conn, mid, "water")
@@ -107,7 +114,7 @@ async def test_migrate_on_existing_platform_tables_keeps_them(empty_dsn: str) ->
         plan = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN SELECT * FROM sla_daemon.breached_tickets")
         )
-        assert "Seq Scan" not in plan and "sla_daemon_tickets_resolution_due" in plan
+        assert "Seq Scan on tickets" not in plan and "deadlines_due_at" in plan
     finally:
         await conn.close()
 

@@ -146,33 +146,6 @@ CREATE TRIGGER sla_daemon_set_deadlines
     BEFORE INSERT OR UPDATE OF category, tenant_id, is_sensitive ON public.tickets
     FOR EACH ROW EXECUTE FUNCTION sla_daemon.tickets_set_deadlines();
 
--- Breach and deadline look-ups touch only live, monitored tickets.
-CREATE INDEX IF NOT EXISTS sla_daemon_tickets_response_due
-    ON public.tickets (sla_response_deadline)
-    WHERE status = 'open' AND NOT is_sensitive;
-CREATE INDEX IF NOT EXISTS sla_daemon_tickets_resolution_due
-    ON public.tickets (sla_resolution_deadline)
-    WHERE status IN ('open', 'in_progress') AND NOT is_sensitive;
-
--- Breached tickets on database time, one row per ticket. Each branch matches a
--- partial index above, so a sweep reads only breached rows, never all tickets.
-CREATE VIEW sla_daemon.breached_tickets AS
-    SELECT t.id, t.tracking_number, t.tenant_id, t.category, t.status::text AS status,
-           'resolution'::text AS breach_type, t.sla_resolution_deadline AS deadline,
-           (extract(epoch FROM now() - t.sla_resolution_deadline) / 3600.0)::double precision
-               AS overdue_by_hours
-    FROM public.tickets t
-    WHERE t.status IN ('open', 'in_progress') AND NOT t.is_sensitive
-      AND t.sla_resolution_deadline <= now()
-    UNION ALL
-    SELECT t.id, t.tracking_number, t.tenant_id, t.category, t.status::text,
-           'response'::text, t.sla_response_deadline,
-           (extract(epoch FROM now() - t.sla_response_deadline) / 3600.0)::double precision
-    FROM public.tickets t
-    WHERE t.status = 'open' AND NOT t.is_sensitive
-      AND t.sla_response_deadline <= now()
-      AND (t.sla_resolution_deadline IS NULL OR t.sla_resolution_deadline > now());
-
 -- Event log: warnings (once per ticket and deadline kind) and escalations.
 CREATE TABLE sla_daemon.events (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -198,6 +171,20 @@ CREATE TABLE sla_daemon.warnings (
 );
 CREATE INDEX warnings_warn_at ON sla_daemon.warnings (warn_at);
 
+-- Pending deadlines of live, monitored tickets: what the breach sweep and the timer
+-- read, through the index on due_at, instead of indexes on tickets. An index on
+-- tickets whose predicate names status would make every status UPDATE a non-HOT
+-- update (new entries in every index of tickets), slowing every writer. Rows are
+-- added by the ticket triggers and leave when the ticket is escalated or found
+-- no longer breachable.
+CREATE TABLE sla_daemon.deadlines (
+    ticket_id     uuid NOT NULL,
+    deadline_kind text NOT NULL CHECK (deadline_kind IN ('response', 'resolution')),
+    due_at        timestamptz NOT NULL,
+    PRIMARY KEY (ticket_id, deadline_kind)
+);
+CREATE INDEX deadlines_due_at ON sla_daemon.deadlines (due_at);
+
 -- What wakes the daemon. 'timer': the next instant the timer loop will look
 -- (writers NOTIFY only for something sooner); 'outbox': whether the sender is asleep
 -- (writers NOTIFY only to wake it). Keeping NOTIFY rare keeps writers fast.
@@ -208,13 +195,28 @@ CREATE TABLE sla_daemon.wakeups (
 );
 INSERT INTO sla_daemon.wakeups (name) VALUES ('timer'), ('outbox');
 
--- Warning schedule rows for a set of tickets (set-based: a bulk insert is one query).
-CREATE FUNCTION sla_daemon.schedule_warnings(p_ticket_ids uuid[]) RETURNS timestamptz
+-- (Re)build the schedule (deadlines and pending warnings) of a set of tickets, set-based
+-- so a bulk insert is one query; returns the soonest instant scheduled.
+CREATE FUNCTION sla_daemon.schedule_tickets(p_ticket_ids uuid[]) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
     v_next timestamptz;
+    v_warn timestamptz;
 BEGIN
+    DELETE FROM sla_daemon.deadlines d WHERE d.ticket_id = ANY (p_ticket_ids);
     DELETE FROM sla_daemon.warnings w WHERE w.ticket_id = ANY (p_ticket_ids);
+    WITH ins AS (
+        INSERT INTO sla_daemon.deadlines (ticket_id, deadline_kind, due_at)
+        SELECT t.id, k.kind, k.deadline
+        FROM public.tickets t
+        CROSS JOIN LATERAL (VALUES ('response', t.sla_response_deadline),
+                                   ('resolution', t.sla_resolution_deadline)) AS k(kind, deadline)
+        WHERE t.id = ANY (p_ticket_ids)
+          AND k.deadline IS NOT NULL AND NOT t.is_sensitive
+          AND (t.status = 'open' OR (t.status = 'in_progress' AND k.kind = 'resolution'))
+        RETURNING due_at
+    )
+    SELECT min(due_at) INTO v_next FROM ins;
     WITH due AS (
         SELECT t.id, k.kind, k.deadline,
                t.created_at + (k.deadline - t.created_at) * (c.warning_threshold_pct / 100.0) AS warn_at
@@ -230,20 +232,34 @@ BEGIN
     ), ins AS (
         INSERT INTO sla_daemon.warnings (ticket_id, deadline_kind, warn_at, deadline)
         SELECT id, kind, warn_at, deadline FROM due
-        RETURNING warn_at, deadline
+        RETURNING warn_at
     )
-    SELECT min(least(warn_at, deadline)) INTO v_next FROM ins;
-    RETURN v_next;
+    SELECT min(warn_at) INTO v_warn FROM ins;
+    RETURN least(v_next, v_warn);
 END
 $$;
 
 -- After deadlines are set or change: refresh the warning schedule, and wake the
 -- timer loop only when the new instant is sooner than the one it sleeps towards.
+-- Schedule these tickets, and wake the timer loop only when that puts an instant
+-- sooner than the one it sleeps towards.
+CREATE FUNCTION sla_daemon.reschedule(p_ticket_ids uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_next timestamptz;
+BEGIN
+    v_next := sla_daemon.schedule_tickets(p_ticket_ids);
+    IF v_next IS NOT NULL
+       AND v_next < (SELECT w.wake_at FROM sla_daemon.wakeups w WHERE w.name = 'timer') THEN
+        PERFORM pg_notify('sla_daemon_timer', '');
+    END IF;
+END
+$$;
+
 CREATE FUNCTION sla_daemon.tickets_deadlines_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_ids uuid[];
-    v_next timestamptz;
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
         SELECT array_agg(n.id) INTO v_ids FROM new_rows n
@@ -251,19 +267,8 @@ BEGIN
     ELSE
         v_ids := ARRAY[NEW.id];
     END IF;
-    IF v_ids IS NULL THEN
-        RETURN NULL;
-    END IF;
-    v_next := sla_daemon.schedule_warnings(v_ids);
-    IF TG_LEVEL = 'ROW' THEN
-        v_next := least(v_next, NEW.sla_response_deadline, NEW.sla_resolution_deadline);
-    ELSE
-        SELECT least(v_next, min(n.sla_response_deadline), min(n.sla_resolution_deadline))
-        INTO v_next FROM new_rows n;
-    END IF;
-    IF v_next IS NOT NULL
-       AND v_next < (SELECT w.wake_at FROM sla_daemon.wakeups w WHERE w.name = 'timer') THEN
-        PERFORM pg_notify('sla_daemon_timer', '');
+    IF v_ids IS NOT NULL THEN
+        PERFORM sla_daemon.reschedule(v_ids);
     END IF;
     RETURN NULL;
 END
@@ -274,12 +279,51 @@ CREATE TRIGGER sla_daemon_deadlines_inserted
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION sla_daemon.tickets_deadlines_changed();
 
+-- The column list is tested in C from the UPDATE's SET list, before the WHEN clause:
+-- a status-only UPDATE never reaches this trigger. category, tenant_id and
+-- is_sensitive are listed because the BEFORE trigger recomputes deadlines for them.
 CREATE TRIGGER sla_daemon_deadlines_updated
-    AFTER UPDATE ON public.tickets
+    AFTER UPDATE OF sla_response_deadline, sla_resolution_deadline, category, tenant_id,
+                    is_sensitive ON public.tickets
     FOR EACH ROW
     WHEN (OLD.sla_response_deadline IS DISTINCT FROM NEW.sla_response_deadline
           OR OLD.sla_resolution_deadline IS DISTINCT FROM NEW.sla_resolution_deadline)
     EXECUTE FUNCTION sla_daemon.tickets_deadlines_changed();
+
+-- Breached tickets on database time, one row per ticket, read from the deadline
+-- schedule (an index range scan over due rows only, never all tickets), judged by
+-- breach_type() on the ticket as it is now.
+CREATE VIEW sla_daemon.breached_tickets AS
+    SELECT t.id, t.tracking_number, t.tenant_id, t.category, t.status::text AS status,
+           b.breach_type,
+           CASE b.breach_type WHEN 'response' THEN t.sla_response_deadline
+                              ELSE t.sla_resolution_deadline END AS deadline,
+           (extract(epoch FROM now() - CASE b.breach_type
+                                           WHEN 'response' THEN t.sla_response_deadline
+                                           ELSE t.sla_resolution_deadline END)
+            / 3600.0)::double precision AS overdue_by_hours
+    FROM (SELECT DISTINCT d.ticket_id FROM sla_daemon.deadlines d WHERE d.due_at <= now()) d
+    JOIN public.tickets t ON t.id = d.ticket_id
+    CROSS JOIN LATERAL (
+        SELECT sla_daemon.breach_type(t.status::text, t.is_sensitive, t.sla_response_deadline,
+                                      t.sla_resolution_deadline, now()) AS breach_type
+    ) b
+    WHERE b.breach_type IS NOT NULL;
+
+-- Due schedule rows whose ticket is no longer breachable (resolved, escalated,
+-- sensitive, deadline moved, deleted) leave the schedule.
+CREATE FUNCTION sla_daemon.tidy_deadlines() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM sla_daemon.deadlines d
+    WHERE d.due_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM sla_daemon.breached_tickets b WHERE b.id = d.ticket_id);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
 
 -- Warnings due now: live, monitored, threshold crossed, deadline not yet missed,
 -- never warned before for this deadline kind.
@@ -345,11 +389,7 @@ $$;
 CREATE FUNCTION sla_daemon.next_event_at(p_after timestamptz DEFAULT now()) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT least(
-        (SELECT min(t.sla_response_deadline) FROM public.tickets t
-         WHERE t.status = 'open' AND NOT t.is_sensitive AND t.sla_response_deadline > p_after),
-        (SELECT min(t.sla_resolution_deadline) FROM public.tickets t
-         WHERE t.status IN ('open', 'in_progress') AND NOT t.is_sensitive
-           AND t.sla_resolution_deadline > p_after),
+        (SELECT min(d.due_at) FROM sla_daemon.deadlines d WHERE d.due_at > p_after),
         (SELECT min(w.warn_at) FROM sla_daemon.warnings w WHERE w.warn_at > p_after))
 $$;
 
@@ -399,6 +439,8 @@ BEGIN
                                            is_active, created_at)
     VALUES (p_ticket_id, coalesce(v_manager, t.assigned_to), t.assigned_team_id, 'escalation',
             true, now());
+    DELETE FROM sla_daemon.deadlines d WHERE d.ticket_id = p_ticket_id;
+    DELETE FROM sla_daemon.warnings w WHERE w.ticket_id = p_ticket_id;
     INSERT INTO sla_daemon.events (ticket_id, kind, deadline_kind, deadline, details)
     VALUES (p_ticket_id, 'escalation', v_breach,
             CASE v_breach WHEN 'response' THEN t.sla_response_deadline
@@ -411,3 +453,8 @@ BEGIN
         v_breach, v_manager, t.tracking_number;
 END
 $$;
+
+-- Installed into a database that already has tickets: schedule the live ones.
+SELECT sla_daemon.schedule_tickets(array_agg(t.id))
+FROM public.tickets t
+WHERE t.status IN ('open', 'in_progress');

@@ -5,15 +5,20 @@
 -- (retry later); pending/sending -> superseded (a newer status of the same ticket
 -- exists; the citizen gets that one). While a row is 'sending', next_attempt_at is
 -- its lease expiry, so one index serves both due retries and expired leases.
+-- Domains rather than table CHECKs: a domain's check is prepared once per session,
+-- a table CHECK is re-read by every INSERT, and every status change inserts here.
+CREATE DOMAIN sla_daemon.outbox_kind AS text CHECK (VALUE IN ('status', 'escalation'));
+CREATE DOMAIN sla_daemon.outbox_state AS text
+    CHECK (VALUE IN ('pending', 'sending', 'sent', 'superseded', 'dry_run', 'dead'));
+
 CREATE TABLE sla_daemon.outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ticket_id       uuid NOT NULL,
-    kind            text NOT NULL DEFAULT 'status' CHECK (kind IN ('status', 'escalation')),
+    kind            sla_daemon.outbox_kind NOT NULL DEFAULT 'status',
     old_status      text,
     new_status      text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    state           text NOT NULL DEFAULT 'pending'
-        CHECK (state IN ('pending', 'sending', 'sent', 'superseded', 'dry_run', 'dead')),
+    state           sla_daemon.outbox_state NOT NULL DEFAULT 'pending',
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     locked_by       text,
@@ -29,43 +34,43 @@ CREATE INDEX outbox_ready ON sla_daemon.outbox (next_attempt_at, id)
 CREATE INDEX outbox_ticket ON sla_daemon.outbox (ticket_id, id);
 CREATE INDEX outbox_dead ON sla_daemon.outbox (id) WHERE state = 'dead';
 
+-- One row trigger per changed ticket: the outbox row, then, only if the sender said
+-- it is asleep, a NOTIFY (every committing NOTIFY takes a cluster-wide lock, so
+-- writers skip it while the sender is awake). The first writer to see the flag
+-- takes its row with SKIP LOCKED; the others do not queue behind it: that writer's
+-- NOTIFY wakes the sender for them all. A ticket coming back to life (reopened,
+-- de-escalated) gets its deadlines scheduled again.
 CREATE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF OLD.status IS NOT DISTINCT FROM NEW.status THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO sla_daemon.outbox (ticket_id, kind, old_status, new_status)
     VALUES (NEW.id,
             CASE WHEN current_setting('sla_daemon.escalating', true) = 'on'
                  THEN 'escalation' ELSE 'status' END,
             OLD.status::text, NEW.status::text);
-    RETURN NULL;
-END
-$$;
-
--- Row level, filtered in C by WHEN: updates that leave status alone cost nothing.
-CREATE TRIGGER sla_daemon_status_outbox
-    AFTER UPDATE ON public.tickets
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION sla_daemon.enqueue_status_change();
-
--- Once per statement: NOTIFY only if the sender said it is asleep. The first writer
--- flips the flag and notifies; the rest see it awake and skip the cluster-wide
--- NOTIFY lock at commit.
-CREATE FUNCTION sla_daemon.wake_outbox() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
     IF (SELECT w.sleeping FROM sla_daemon.wakeups w WHERE w.name = 'outbox') THEN
-        UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox' AND sleeping;
+        PERFORM 1 FROM sla_daemon.wakeups w
+        WHERE w.name = 'outbox' AND w.sleeping FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
+            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';
             PERFORM pg_notify('sla_daemon_outbox', '');
         END IF;
+    END IF;
+    IF NEW.status IN ('open', 'in_progress') AND OLD.status NOT IN ('open', 'in_progress') THEN
+        PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER sla_daemon_status_wake
+-- The column list is tested in C from the UPDATE's SET list: updates that do not
+-- set status never call the function (WHEN clauses are re-read per statement).
+CREATE TRIGGER sla_daemon_status_outbox
     AFTER UPDATE OF status ON public.tickets
-    FOR EACH STATEMENT EXECUTE FUNCTION sla_daemon.wake_outbox();
+    FOR EACH ROW EXECUTE FUNCTION sla_daemon.enqueue_status_change();
 
 -- Claim up to p_limit due rows for p_worker. Claims are serialised by an advisory
 -- lock (each takes a millisecond or two), which is what lets several daemons keep
@@ -109,7 +114,7 @@ BEGIN
         WHERE o.id = j.id AND j.id = j.newest AND NOT j.busy
         RETURNING o.id, o.ticket_id, o.kind, o.old_status, o.new_status, o.attempts, o.created_at
     )
-    SELECT c.id, c.ticket_id, c.kind, c.old_status, c.new_status, c.attempts, c.created_at,
+    SELECT c.id, c.ticket_id, c.kind::text, c.old_status, c.new_status, c.attempts, c.created_at,
            t.tracking_number, u.phone, u.preferred_language
     FROM claimed c
     LEFT JOIN public.tickets t ON t.id = c.ticket_id
