@@ -500,7 +500,7 @@ async def _refuse_shared(conn: asyncpg.Connection) -> None:
             "empty database, or unset DATABASE_URL for an embedded one"
         )
     queued = outbox and await conn.fetchval(
-        "SELECT count(*) FROM sla_daemon.outbox WHERE state IN ('pending', 'sending')"
+        "SELECT count(*) FROM sla_daemon.messages WHERE state IN ('pending', 'sending')"
     )
     daemons = await conn.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -693,6 +693,8 @@ async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
         ]
         for sql in (
             "DELETE FROM sla_daemon.outbox WHERE ticket_id = ANY ($1::uuid[])",
+            "DELETE FROM sla_daemon.outbox_intake WHERE ticket_id = ANY ($1::uuid[])",
+            "DELETE FROM sla_daemon.deadlines WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.events WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.warnings WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM public.ticket_assignments WHERE ticket_id = ANY ($1::uuid[])",

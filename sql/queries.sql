@@ -67,7 +67,8 @@ SELECT sla_daemon.outbox_sleep();
 SELECT sla_daemon.requeue_dead($1::bigint[]);
 
 -- name: outbox_backlog
-SELECT count(*) FILTER (WHERE state IN ('pending', 'sending')) AS backlog,
+SELECT count(*) FILTER (WHERE state IN ('pending', 'sending'))
+           + (SELECT count(*) FROM sla_daemon.outbox_intake) AS backlog,
        count(*) FILTER (WHERE state = 'dead') AS dead
 FROM sla_daemon.outbox
 WHERE state IN ('pending', 'sending', 'dead');
@@ -160,7 +161,7 @@ SELECT now() AS generated_at, now() - $1::interval AS since,
        count(*) FILTER (WHERE state = 'dead') AS dead,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE state IN ('pending', 'sending'))
               )::float8 AS oldest_pending_seconds
-FROM sla_daemon.outbox
+FROM sla_daemon.messages
 WHERE state IN ('pending', 'sending', 'dead');
 
 -- name: report_dead_by_code

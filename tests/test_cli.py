@@ -235,10 +235,11 @@ async def seed_report(conn: asyncpg.Connection) -> dict[str, UUID]:
     t["13"] = await _ticket(conn, beta, "roads", 0 * minute, now)
     t["14"] = await _ticket(conn, beta, "roads", 0 * minute, now, status="resolved")
     # The outbox: 3 pending + 1 sending, 3 dead (2 with code 63016), 2 sent, 1 superseded.
-    await conn.execute("DELETE FROM sla_daemon.outbox")
+    await conn.execute("DELETE FROM sla_daemon.outbox; DELETE FROM sla_daemon.outbox_intake")
     await conn.executemany(
-        "INSERT INTO sla_daemon.outbox (ticket_id, new_status, state, error_code, last_error)"
-        " VALUES ($1, 'in_progress', $2, $3, $4)",
+        "INSERT INTO sla_daemon.outbox (id, ticket_id, new_status, state, error_code, last_error)"
+        " VALUES ((SELECT coalesce(max(id), 0) + 1 FROM sla_daemon.outbox),"
+        " $1, 'in_progress', $2, $3, $4)",
         [
             (t["1"], "pending", None, None),
             (t["2"], "pending", None, None),

@@ -46,7 +46,8 @@ async def make_tickets(
 
 
 async def outbox_states(conn: asyncpg.Connection) -> Counter[str]:
-    rows = await conn.fetch("SELECT state, count(*) FROM sla_daemon.outbox GROUP BY state")
+    """States of every message, the intake's (not yet taken in) counted as pending."""
+    rows = await conn.fetch("SELECT state, count(*) FROM sla_daemon.messages GROUP BY state")
     return Counter({r["state"]: r["count"] for r in rows})
 
 
@@ -372,6 +373,8 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
 async def test_finished_rows_past_retention_are_purged(conn: asyncpg.Connection, dsn: str) -> None:
     await make_tickets(conn, 3)
     await conn.execute("UPDATE tickets SET status = 'in_progress'")
+    # take the intake into the outbox without claiming anything
+    await conn.execute("SELECT * FROM sla_daemon.claim_outbox('test', 0, 60)")
     await conn.execute(
         "UPDATE sla_daemon.outbox SET state = 'sent', finished_at = now() - interval '40 days'"
         " WHERE id = (SELECT min(id) FROM sla_daemon.outbox)"

@@ -49,7 +49,7 @@ async def test_escalates_to_the_team_manager(conn: asyncpg.Connection, pool: asy
         (manager, "escalation", True),
     ]
     outbox = await conn.fetch(
-        "SELECT kind, new_status FROM sla_daemon.outbox WHERE ticket_id = $1", tid
+        "SELECT kind, new_status FROM sla_daemon.messages WHERE ticket_id = $1", tid
     )
     assert [(r["kind"], r["new_status"]) for r in outbox] == [("escalation", "escalated")]
     event = await conn.fetchrow("SELECT * FROM sla_daemon.events WHERE kind = 'escalation'")
@@ -158,7 +158,7 @@ async def test_four_connections_escalate_200_tickets_exactly_once(
         == 200
     )
     assert (
-        await conn.fetchval("SELECT count(*) FROM sla_daemon.outbox WHERE kind = 'escalation'")
+        await conn.fetchval("SELECT count(*) FROM sla_daemon.messages WHERE kind = 'escalation'")
         == 200
     )
 

@@ -96,7 +96,7 @@ async def test_migrate_on_existing_platform_tables_keeps_them(empty_dsn: str) ->
         await conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
         assert (
             await conn.fetchval(
-                "SELECT new_status FROM sla_daemon.outbox WHERE ticket_id = $1", tid
+                "SELECT new_status FROM sla_daemon.messages WHERE ticket_id = $1", tid
             )
             == "in_progress"
         )

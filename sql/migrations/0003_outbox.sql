@@ -11,8 +11,20 @@ CREATE DOMAIN sla_daemon.outbox_kind AS text CHECK (VALUE IN ('status', 'escalat
 CREATE DOMAIN sla_daemon.outbox_state AS text
     CHECK (VALUE IN ('pending', 'sending', 'sent', 'superseded', 'dry_run', 'dead'));
 
+-- Writers append to the intake: a bare heap and its primary key, the least a status
+-- change can cost them. The sender moves intake rows into the outbox (same ids, so
+-- the same order) under its claim lock; the outbox's indexes and states are its own.
+CREATE TABLE sla_daemon.outbox_intake (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ticket_id  uuid NOT NULL,
+    kind       text NOT NULL,
+    old_status text,
+    new_status text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 CREATE TABLE sla_daemon.outbox (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint PRIMARY KEY,
     ticket_id       uuid NOT NULL,
     kind            sla_daemon.outbox_kind NOT NULL DEFAULT 'status',
     old_status      text,
@@ -34,7 +46,7 @@ CREATE INDEX outbox_ready ON sla_daemon.outbox (next_attempt_at, id)
 CREATE INDEX outbox_ticket ON sla_daemon.outbox (ticket_id, id);
 CREATE INDEX outbox_dead ON sla_daemon.outbox (id) WHERE state = 'dead';
 
--- One row trigger per changed ticket: the outbox row, then, only if the sender said
+-- One row trigger per changed ticket: the intake row, then, only if the sender said
 -- it is asleep, a NOTIFY (every committing NOTIFY takes a cluster-wide lock, so
 -- writers skip it while the sender is awake). The first writer to see the flag
 -- takes its row with SKIP LOCKED; the others do not queue behind it: that writer's
@@ -46,7 +58,7 @@ BEGIN
     IF OLD.status IS NOT DISTINCT FROM NEW.status THEN
         RETURN NULL;
     END IF;
-    INSERT INTO sla_daemon.outbox (ticket_id, kind, old_status, new_status)
+    INSERT INTO sla_daemon.outbox_intake (ticket_id, kind, old_status, new_status)
     VALUES (NEW.id,
             CASE WHEN current_setting('sla_daemon.escalating', true) = 'on'
                  THEN 'escalation' ELSE 'status' END,
@@ -85,6 +97,17 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM pg_advisory_xact_lock(5459010, 0);
+    -- Take in what writers committed, oldest first (a prefix of the intake, so a
+    -- ticket's newer row never arrives before its older one).
+    WITH moved AS (
+        DELETE FROM sla_daemon.outbox_intake i
+        WHERE i.id IN (SELECT x.id FROM sla_daemon.outbox_intake x ORDER BY x.id LIMIT 10000)
+        RETURNING i.id, i.ticket_id, i.kind, i.old_status, i.new_status, i.created_at
+    )
+    INSERT INTO sla_daemon.outbox (id, ticket_id, kind, old_status, new_status, created_at,
+                                   next_attempt_at)
+    SELECT m.id, m.ticket_id, m.kind, m.old_status, m.new_status, m.created_at, now()
+    FROM moved m ORDER BY m.id;
     RETURN QUERY
     WITH cand AS (
         SELECT o.id, o.ticket_id
@@ -182,3 +205,14 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- Every status message, whether still in the intake or in the outbox.
+CREATE VIEW sla_daemon.messages AS
+    SELECT o.id, o.ticket_id, o.kind::text AS kind, o.old_status, o.new_status, o.created_at,
+           o.state::text AS state, o.attempts, o.finished_at, o.language, o.message_sid,
+           o.error_code, o.last_error
+    FROM sla_daemon.outbox o
+    UNION ALL
+    SELECT i.id, i.ticket_id, i.kind, i.old_status, i.new_status, i.created_at,
+           'pending', 0, NULL, NULL, NULL, NULL, NULL
+    FROM sla_daemon.outbox_intake i;

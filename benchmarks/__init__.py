@@ -1,0 +1,1 @@
+"""Benchmarks for sla-daemon, run as modules: ``python -m benchmarks.<name>``."""
