@@ -177,6 +177,10 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, **kwargs)
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """The pool for everything but LISTEN (a pool runs UNLISTEN * on release)."""
     pool = await asyncpg.create_pool(
@@ -185,6 +189,10 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
         max_size=max_size,
         command_timeout=COMMAND_TIMEOUT,
         server_settings={"application_name": "sla-daemon"},
+        # The pool never LISTENs, sets session state or holds session locks, so the
+        # default reset query on every release is a wasted round trip (asyncpg still
+        # rolls back a transaction left open).
+        reset=_no_reset,
     )
     assert pool is not None
     return pool

@@ -9,8 +9,9 @@ still breached. Many daemons may sweep at once: each ticket is escalated once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -76,8 +77,11 @@ class EscalationService:
         return count
 
     async def bulk_escalate_results(
-        self, breached: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]]
+        self,
+        breached: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]],
+        stop: asyncio.Event | None = None,
     ) -> list[EscalationResult]:
+        """Escalate each ticket; when ``stop`` is set, start no more (shutdown)."""
         semaphore = asyncio.BoundedSemaphore(self._concurrency)
         results: list[EscalationResult] = []
 
@@ -91,8 +95,13 @@ class EscalationService:
             finally:
                 semaphore.release()
 
-        async with asyncio.TaskGroup() as tg:
-            async for ticket in _flatten(breached):
+        async with (
+            asyncio.TaskGroup() as tg,
+            contextlib.aclosing(_flatten(breached)) as tickets,
+        ):
+            async for ticket in tickets:
+                if stop is not None and stop.is_set():
+                    break
                 await semaphore.acquire()
                 tg.create_task(one(ticket))
         return results
@@ -100,11 +109,15 @@ class EscalationService:
 
 async def _flatten(
     items: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]],
-) -> AsyncIterable[BreachedTicket]:
+) -> AsyncGenerator[BreachedTicket, None]:
     if isinstance(items, AsyncIterable):
-        async for batch in items:
-            for item in batch:
-                yield item
+        try:
+            async for batch in items:
+                for item in batch:
+                    yield item
+        finally:
+            if isinstance(items, AsyncGenerator):
+                await items.aclose()  # its cursor's connection goes back to the pool now
     else:
         for item in items:
             yield item

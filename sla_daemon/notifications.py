@@ -246,15 +246,17 @@ class NotificationService:
         else:
             kwargs["body"] = body
         result = await self._post(kwargs, body, lang, content_sid)
-        self._log.log(
-            logging.DEBUG if result.outcome == "sent" else logging.WARNING,
-            "%s %s for %s to %s: %s",
-            result.outcome,
-            template_key,
-            tracking_number,
-            mask_phone(to),
-            result.sid or result.error,
-        )
+        level = logging.DEBUG if result.outcome == "sent" else logging.WARNING
+        if self._log.isEnabledFor(level):  # mask_phone parses the number: not for nothing
+            self._log.log(
+                level,
+                "%s %s for %s to %s: %s",
+                result.outcome,
+                template_key,
+                tracking_number,
+                mask_phone(to),
+                result.sid or result.error,
+            )
         return result
 
     async def _post(

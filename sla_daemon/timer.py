@@ -45,6 +45,7 @@ async def check_sla_breaches(
     escalation: EscalationService,
     metrics: Metrics | None = None,
     started: datetime | None = None,
+    stop: asyncio.Event | None = None,
 ) -> PassResult:
     """One pass: escalate every breached ticket, record due warnings, find the next instant.
 
@@ -52,7 +53,7 @@ async def check_sla_breaches(
     it, so one that fell due during the pass comes back (already past) rather than
     being skipped until the safety interval.
     """
-    results = await escalation.bulk_escalate_results(sla.find_breached_tickets())
+    results = await escalation.bulk_escalate_results(sla.find_breached_tickets(), stop)
     escalated = [r for r in results if r.escalated]
     if results:
         log.info("Escalated %d/%d", len(escalated), len(results))
@@ -97,7 +98,7 @@ class SLATimer:
             wake.clear()
             started = await self._pool.fetchval(QUERIES["timer_awake"])
             result = await check_sla_breaches(
-                self._pool, self._sla, self._escalation, self._metrics, started
+                self._pool, self._sla, self._escalation, self._metrics, started, stopping
             )
             self.passes += 1
             wake_at = result.db_now + self._safety

@@ -4,3 +4,4 @@
 -- The platform's tables, their rows and the NOT VALID check constraints on
 -- sla_configs stay (drop those two by hand if you want them gone).
 DROP SCHEMA IF EXISTS sla_daemon CASCADE;
+DROP INDEX IF EXISTS public.sla_daemon_ticket_assignments_active;
