@@ -27,7 +27,7 @@ import uuid
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fake_twilio import API_VERSION, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
+from tests.fake_twilio import API_VERSION, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, message_resource
 
 __all__ = ["RecordingTwilio", "main"]
 
@@ -88,29 +88,7 @@ class RecordingTwilio:
         self.messages.append((now, to, text))
         sid = "SM" + uuid.uuid4().hex
         date = self.date(now)
-        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
-        payload = {
-            "account_sid": account_sid,
-            "api_version": API_VERSION,
-            "body": text,
-            "date_created": date,
-            "date_sent": None,
-            "date_updated": date,
-            "direction": "outbound-api",
-            "error_code": None,
-            "error_message": None,
-            "from": from_,
-            "messaging_service_sid": None,
-            "num_media": "0",
-            "num_segments": "1",
-            "price": None,
-            "price_unit": "USD",
-            "sid": sid,
-            "status": "queued",
-            "subresource_uris": {"media": f"{uri}/Media.json"},
-            "to": to,
-            "uri": f"{uri}.json",
-        }
+        payload = message_resource(account_sid, sid, from_, to, text, date)
         return 201, json.dumps(payload).encode()
 
     def _bench(self, target: str) -> tuple[int, bytes]:

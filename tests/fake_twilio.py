@@ -29,7 +29,14 @@ from types import TracebackType
 
 from aiohttp import web
 
-__all__ = ["TEST_ACCOUNT_SID", "TEST_AUTH_TOKEN", "FakeTwilio", "Planned", "ReceivedMessage"]
+__all__ = [
+    "TEST_ACCOUNT_SID",
+    "TEST_AUTH_TOKEN",
+    "FakeTwilio",
+    "Planned",
+    "ReceivedMessage",
+    "message_resource",
+]
 
 TEST_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 TEST_AUTH_TOKEN = "fake-twilio-auth-token"
@@ -43,6 +50,35 @@ _ERROR_TEXT = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def message_resource(
+    account_sid: str, sid: str, from_: str, to: str, body: str, date: str
+) -> dict[str, object]:
+    """A Message resource as Twilio's API returns it for a newly queued message."""
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
+    return {
+        "account_sid": account_sid,
+        "api_version": API_VERSION,
+        "body": body,
+        "date_created": date,
+        "date_sent": None,
+        "date_updated": date,
+        "direction": "outbound-api",
+        "error_code": None,
+        "error_message": None,
+        "from": from_,
+        "messaging_service_sid": None,
+        "num_media": "0",
+        "num_segments": "1",
+        "price": None,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": "queued",
+        "subresource_uris": {"media": f"{uri}/Media.json"},
+        "to": to,
+        "uri": f"{uri}.json",
+    }
 
 
 @dataclass(frozen=True)
@@ -227,29 +263,9 @@ class FakeTwilio:
         if self._waiters:
             self._wake()
         date = self._date(now)
-        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
-        payload = {
-            "account_sid": account_sid,
-            "api_version": API_VERSION,
-            "body": body if isinstance(body, str) else "",
-            "date_created": date,
-            "date_sent": None,
-            "date_updated": date,
-            "direction": "outbound-api",
-            "error_code": None,
-            "error_message": None,
-            "from": from_,
-            "messaging_service_sid": None,
-            "num_media": "0",
-            "num_segments": "1",
-            "price": None,
-            "price_unit": "USD",
-            "sid": sid,
-            "status": "queued",
-            "subresource_uris": {"media": f"{uri}/Media.json"},
-            "to": to,
-            "uri": f"{uri}.json",
-        }
+        payload = message_resource(
+            account_sid, sid, from_, to, body if isinstance(body, str) else "", date
+        )
         return web.Response(
             status=201, body=json.dumps(payload).encode(), content_type="application/json"
         )
