@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "env_name", "load_settings"]
 
 
 class SettingsError(Exception):
@@ -149,7 +149,7 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = _env_name(str(error["loc"][0])) if error["loc"] else "settings"
+            name = env_name(str(error["loc"][0])) if error["loc"] else "settings"
             lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid setting: " + "; ".join(lines)) from None
 
@@ -163,7 +163,7 @@ _UNPREFIXED = {
 }
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
     """The environment variable an operator sets for ``field``."""
     if field.isupper():
         return field

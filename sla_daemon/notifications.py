@@ -64,11 +64,6 @@ class SendResult:
     content_sid: str | None = None
 
     @property
-    def delivered(self) -> bool:
-        """True when the outbox can mark the message done (sent, or deliberately not)."""
-        return self.outcome in ("sent", "dry_run")
-
-    @property
     def rate_limited(self) -> bool:
         """True when Twilio asked us to slow down, so the caller may back off globally."""
         return self.http_status == 429 or self.error_code in RATE_LIMIT_CODES

@@ -85,7 +85,6 @@ class OutboxProcessor:
         self._have_results = asyncio.Event()
         self._progress = asyncio.Event()
         self._flushing = False
-        self.sent = 0
 
     async def send_status_notification(self, row: OutboxRow) -> SendResult:
         """Send one outbox row: the escalation notice for an SLA escalation, else the status."""
@@ -198,7 +197,6 @@ class OutboxProcessor:
         label = "retry" if outcome.state == "pending" else outcome.state
         m.messages.labels(label, outcome.language or "unknown").inc()
         if outcome.state in ("sent", "dry_run"):
-            self.sent += 1
             m.send_latency.observe(max(0.0, time.time() - row.created_at.timestamp()))
         self._results.append(outcome)
         self._have_results.set()

@@ -91,7 +91,6 @@ class SLATimer:
         self._safety = timedelta(seconds=safety_interval)
         self._metrics = metrics
         self.next_at: datetime | None = None
-        self.passes = 0
 
     async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -100,7 +99,6 @@ class SLATimer:
             result = await check_sla_breaches(
                 self._pool, self._sla, self._escalation, self._metrics, started, stopping
             )
-            self.passes += 1
             wake_at = result.db_now + self._safety
             if result.next_at is not None:
                 wake_at = min(wake_at, result.next_at + _EPSILON)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sla_daemon.config import Settings
+from sla_daemon.config import Settings, env_name
 from sla_daemon.daemon import Daemon
 
 from .fake_twilio import FakeTwilio
@@ -52,14 +53,7 @@ def daemon_env(settings: Settings) -> dict[str, str]:
             continue
         if name == "twilio_auth_token":
             value = value.get_secret_value()
-        key = {
-            "database_url": "DATABASE_URL",
-            "twilio_account_sid": "TWILIO_ACCOUNT_SID",
-            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
-            "twilio_whatsapp_number": "TWILIO_WHATSAPP_NUMBER",
-            "twilio_api_base_url": "TWILIO_API_BASE_URL",
-        }.get(name, f"SLA_DAEMON_{name.upper()}")
-        env[key] = str(value) if not isinstance(value, dict) else __import__("json").dumps(value)
+        env[env_name(name)] = json.dumps(value) if isinstance(value, dict) else str(value)
     return env
 
 
