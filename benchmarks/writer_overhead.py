@@ -13,9 +13,11 @@ one server, loaded with identical tickets:
 
 During every run a separate session LISTENs on the daemon's channels and on 'naive',
 as a daemon would. Where sla-daemon is installed it also behaves like the daemon's
-sender: woken by a notification, it peeks at the outbox, waits ``--drain-ms`` and
-calls ``sla_daemon.outbox_sleep()``, so the next status change must wake it again
-(the writers' wake path really runs, as often as a quick daemon would let it).
+sender: woken by a notification, it marks itself awake (``outbox_awake()``), looks
+for work, waits ``--drain-ms``, sets the wake-up flag (``outbox_sleep()``) and drops
+the mark, so the next status change must wake it again (the writers' wake path really
+runs, as often as a quick daemon would let it: a real one under this load would never
+be idle).
 
 Client counts are interleaved (for each count: every variant, ``--repeats`` times,
 alternating the order) and the median is reported. Before each run the outbox is
@@ -105,8 +107,10 @@ INSERT INTO public.tickets (id, tenant_id, tracking_number, user_id, category, s
     CROSS JOIN LATERAL (SELECT date_trunc('hour', now()) - (n % 600) * interval '1 minute') c(at);
 """
 
-# What a woken sender reads first: the head of the ready queue.
-PEEK_SQL = """SELECT id FROM sla_daemon.outbox_intake ORDER BY id LIMIT 100"""
+# What a woken sender reads first: is there work? (Not the head of the queue in id
+# order: nothing drains this intake, and a prepared plan made while it was small
+# would sort all of it on every wake-up.)
+PEEK_SQL = """SELECT EXISTS (SELECT FROM sla_daemon.outbox_intake)"""
 
 
 def log(message: str) -> None:
@@ -218,10 +222,15 @@ class Listener:
         while True:
             await self._woken.wait()
             self._woken.clear()
-            await self._work.fetch(PEEK_SQL)
+            # The daemon's protocol (migration 0005): mark awake on the connection
+            # that stays; when idle, set the flag, then drop the mark.
+            awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
+            await self._work.fetchval(PEEK_SQL)
             if self.drain_s > 0:
                 await asyncio.sleep(self.drain_s)
             await self._work.execute("SELECT sla_daemon.outbox_sleep()")
+            if awake:
+                await self._work.execute("SELECT sla_daemon.outbox_release()")
             self.sleeps += 1
 
     async def stop(self) -> None:

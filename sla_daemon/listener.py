@@ -4,6 +4,11 @@ A NOTIFY is only a hint to look at the tables, so a lost one costs a delay, neve
 work. What matters is noticing a dead connection: it is checked with a timed query,
 watched for termination, and after a loss re-opened with backoff; then every
 channel is woken, because notifications sent meanwhile are gone.
+
+The connection also carries the sender's "awake" mark: a session-level advisory lock
+that status-change triggers test instead of reading the wake-up flag (see migration
+0005). Being a session lock, it goes with the connection: a daemon that dies or
+loses it never leaves writers believing it awake.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from . import db
+from .db import QUERIES
 
 __all__ = ["Listener"]
 
@@ -42,6 +48,8 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        self._ops = asyncio.Lock()  # one query at a time on the connection
+        self._awake = False
         self.healthy = False
         self.backend_pid: int | None = None
 
@@ -78,6 +86,7 @@ class Listener:
             await conn.close(timeout=1)
             raise
         self._conn = conn
+        self._awake = False
         self.backend_pid = conn.get_server_pid()
         self._lost.clear()
         self.healthy = True
@@ -113,14 +122,47 @@ class Listener:
                 event.set()  # re-read the tables: what was notified meanwhile is gone
 
     async def _check(self) -> bool:
-        if self._conn is None or self._conn.is_closed():
+        conn = self._conn
+        if conn is None or conn.is_closed():
             return False
         try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._health_timeout)
+            async with self._ops:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_timeout)
         except db.DB_ERRORS as exc:
             log.warning("LISTEN connection failed its health check: %s", exc)
             return False
         return True
+
+    async def mark_awake(self) -> None:
+        """Tell writers the sender is awake, so their triggers skip the wake-up flag.
+
+        A no-op while marked. Marking fails only while a writer that is waking the
+        sender holds the lock; the next call tries again."""
+        await self._set_awake(True)
+
+    async def mark_asleep(self) -> None:
+        """Drop the awake mark; call after the wake-up flag is set."""
+        await self._set_awake(False)
+
+    async def _set_awake(self, awake: bool) -> None:
+        conn = self._conn
+        if conn is None or conn.is_closed() or self._awake == awake:
+            return
+        query = QUERIES["outbox_awake" if awake else "outbox_release"]
+        try:
+            async with self._ops:
+                done = await asyncio.wait_for(conn.fetchval(query), self._health_timeout)
+        except db.DB_ERRORS as exc:
+            # Without the mark writers read the flag: slower for them, never a loss.
+            log.warning(
+                "LISTEN connection failed to mark the sender %s: %s",
+                "awake" if awake else "asleep",
+                exc,
+            )
+            self._lost.set()
+            return
+        if conn is self._conn:
+            self._awake = awake and bool(done)
 
     async def close(self) -> None:
         self.healthy = False

@@ -16,6 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -66,6 +67,14 @@ def retry_delay(attempts: int, base: float, cap: float) -> float:
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
+class AwakeMark(Protocol):
+    """Where writers look to see that the sender is awake (the daemon's Listener)."""
+
+    async def mark_awake(self) -> None: ...
+
+    async def mark_asleep(self) -> None: ...
+
+
 class OutboxProcessor:
     def __init__(
         self,
@@ -73,8 +82,10 @@ class OutboxProcessor:
         notifications: NotificationService,
         settings: Settings,
         metrics: Metrics | None = None,
+        awake: AwakeMark | None = None,
     ) -> None:
         self._pool = pool
+        self._awake = awake
         self._notifications = notifications
         self._settings = settings
         self._metrics = metrics or Metrics()
@@ -120,6 +131,8 @@ class OutboxProcessor:
                 continue
             wake.clear()
             self._progress.clear()
+            if self._awake:
+                await self._awake.mark_awake()
             rows = await self._claim(room)
             if rows:
                 self._start(rows)
@@ -128,9 +141,12 @@ class OutboxProcessor:
                 # rows of tickets in flight become claimable once those are recorded
                 await wait_any(self._progress, wake, stopping, timeout=poll)
                 continue
-            # Idle: ask writers to wake us, then look once more (a row committed
-            # between the empty claim and the flag would otherwise wait for the poll).
+            # Idle: ask writers to wake us (flag first, then drop the awake mark
+            # writers test before the flag), then look once more: a row committed
+            # between the empty claim and the flag would otherwise wait for the poll.
             await self._pool.execute(QUERIES["outbox_sleep"])
+            if self._awake:
+                await self._awake.mark_asleep()
             rows = await self._claim(room)
             if rows:
                 self._start(rows)

@@ -63,6 +63,12 @@ SELECT sla_daemon.finish_outbox($1::text, $2::bigint[], $3::text[], $4::text[], 
 -- name: outbox_sleep
 SELECT sla_daemon.outbox_sleep();
 
+-- name: outbox_awake
+SELECT sla_daemon.outbox_awake();
+
+-- name: outbox_release
+SELECT sla_daemon.outbox_release();
+
 -- name: requeue_dead
 SELECT sla_daemon.requeue_dead($1::bigint[]);
 

@@ -1,0 +1,169 @@
+"""How status changes wake the sender, and what they cost writers (migration 0005).
+
+Writers NOTIFY only when no daemon is marked awake and the sender has set its
+wake-up flag; then once per sleep. A sentinel NOTIFY sent after the writes proves
+that nothing else arrived: notifications are delivered in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from sla_daemon.listener import Listener
+
+from . import factories as f
+from .waiting import eventually
+
+CHANNEL = "sla_daemon_outbox"
+
+
+class Wakeups:
+    """A LISTENing session that counts the outbox wake-ups writers send."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.payloads: asyncio.Queue[str] = asyncio.Queue()
+
+    async def count_after(self, writer: asyncpg.Connection) -> int:
+        """Wake-ups received up to now, proven complete by a sentinel sent last."""
+        await writer.execute(f"NOTIFY {CHANNEL}, 'sentinel'")
+        count = 0
+        while await asyncio.wait_for(self.payloads.get(), 10) != "sentinel":
+            count += 1
+        return count
+
+
+@pytest.fixture
+async def wakeups(dsn: str) -> AsyncIterator[Wakeups]:
+    conn = await asyncpg.connect(dsn)
+    w = Wakeups(conn)
+    await conn.add_listener(CHANNEL, lambda *a: w.payloads.put_nowait(a[3]))
+    try:
+        yield w
+    finally:
+        await conn.close()
+
+
+async def flip(conn: asyncpg.Connection, tid: UUID, times: int) -> None:
+    """Change the ticket's status ``times`` times, each in its own transaction."""
+    for _ in range(times):
+        status = await conn.fetchval("SELECT status::text FROM tickets WHERE id = $1", tid)
+        new = "in_progress" if status == "open" else "open"
+        await conn.execute("UPDATE tickets SET status = $1 WHERE id = $2", new, tid)
+
+
+async def test_one_wake_up_per_sleep(conn: asyncpg.Connection, wakeups: Wakeups) -> None:
+    tid = await f.ticket(conn, await f.municipality(conn))
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    await flip(conn, tid, 5)
+    assert await wakeups.count_after(conn) == 1
+    # the sender slept again: the next change wakes it, once
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    await flip(conn, tid, 3)
+    assert await wakeups.count_after(conn) == 1
+
+
+async def test_no_wake_up_while_a_daemon_is_marked_awake(
+    conn: asyncpg.Connection, dsn: str, wakeups: Wakeups
+) -> None:
+    tid = await f.ticket(conn, await f.municipality(conn))
+    daemon = await asyncpg.connect(dsn)
+    try:
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
+        await daemon.execute("SELECT sla_daemon.outbox_sleep()")  # flag set, still awake
+        await flip(conn, tid, 4)
+        assert await wakeups.count_after(conn) == 0
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_release()") is True
+        await flip(conn, tid, 2)
+        assert await wakeups.count_after(conn) == 1
+    finally:
+        await daemon.close()
+    assert await conn.fetchval("SELECT count(*) FROM sla_daemon.messages") == 6
+
+
+async def test_no_daemon_no_wake_ups(conn: asyncpg.Connection, wakeups: Wakeups) -> None:
+    # A daemon that died asleep leaves the flag set: one NOTIFY clears it, then none.
+    tid = await f.ticket(conn, await f.municipality(conn))
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    await flip(conn, tid, 1)
+    assert await wakeups.count_after(conn) == 1
+    await flip(conn, tid, 20)
+    assert await wakeups.count_after(conn) == 0
+    assert await conn.fetchval("SELECT count(*) FROM sla_daemon.messages") == 21
+
+
+async def test_listener_carries_the_awake_mark(
+    conn: asyncpg.Connection, dsn: str, wakeups: Wakeups
+) -> None:
+    tid = await f.ticket(conn, await f.municipality(conn))
+    woken = asyncio.Event()
+    listener = Listener(dsn, {CHANNEL: woken}, health_interval=0.2, health_timeout=2)
+    stopping = asyncio.Event()
+    await listener.connect()
+    runner = asyncio.create_task(listener.run(stopping))
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
+        " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
+    )
+    try:
+        await conn.execute("SELECT sla_daemon.outbox_sleep()")
+        await listener.mark_awake()
+        await listener.mark_awake()  # idempotent: one mark, one release
+        assert await conn.fetchval(held, listener.backend_pid) == 1
+        await flip(conn, tid, 2)
+        assert await wakeups.count_after(conn) == 0
+        await listener.mark_asleep()
+        assert await conn.fetchval(held, listener.backend_pid) == 0
+        await flip(conn, tid, 1)
+        await asyncio.wait_for(woken.wait(), 10)
+
+        # A lost connection takes the mark with it; the new one starts unmarked.
+        await listener.mark_awake()
+        old_pid = listener.backend_pid
+        assert await conn.fetchval(held, old_pid) == 1
+        await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
+        await eventually(lambda: listener.healthy and listener.backend_pid != old_pid)
+        await listener.mark_awake()
+        assert await conn.fetchval(held, listener.backend_pid) == 1
+    finally:
+        stopping.set()
+        await asyncio.wait_for(runner, 10)
+        await listener.close()
+
+
+async def test_an_older_row_taken_in_late_is_superseded(conn: asyncpg.Connection) -> None:
+    # Intake rows are taken in heap order, so a ticket's older row can reach the
+    # outbox after its newer one was sent; it must then never be sent.
+    tid = await f.ticket(conn, await f.municipality(conn))
+    await conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
+    await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", tid)
+    older = await conn.fetchrow(
+        "DELETE FROM sla_daemon.outbox_intake WHERE new_status = 'in_progress' RETURNING *"
+    )
+    assert older is not None
+    claimed = await conn.fetch("SELECT * FROM sla_daemon.claim_outbox('w', 10, 60)")
+    assert [r["new_status"] for r in claimed] == ["resolved"]
+    newer = claimed[0]["id"]
+    assert older["id"] < newer
+    await conn.execute(
+        "SELECT sla_daemon.finish_outbox('w', $1, '{sent}', '{SM1}', '{NULL}', '{NULL}',"
+        " '{NULL}', '{en}')",
+        [newer],
+    )
+    await conn.execute(
+        "INSERT INTO sla_daemon.outbox_intake"
+        " (id, ticket_id, kind, old_status, new_status, created_at)"
+        " OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6)",
+        *(older[c] for c in ("id", "ticket_id", "kind", "old_status", "new_status", "created_at")),
+    )
+    assert await conn.fetch("SELECT * FROM sla_daemon.claim_outbox('w', 10, 60)") == []
+    row = await conn.fetchrow(
+        "SELECT state, superseded_by FROM sla_daemon.outbox WHERE id = $1", older["id"]
+    )
+    assert row is not None
+    assert (row["state"], row["superseded_by"]) == ("superseded", newer)
