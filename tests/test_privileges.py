@@ -95,8 +95,11 @@ async def test_platform_writers_need_only_the_readme_grants(
         finally:
             await writer.close()
         assert await conn.fetchval("SELECT count(*) FROM sla_daemon.messages") == 3
-        assert await conn.fetchval(
-            "SELECT count(*) FROM sla_daemon.deadlines WHERE ticket_id = $1", tid
-        ) == 2
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM sla_daemon.deadlines WHERE ticket_id = $1", tid
+            )
+            == 2
+        )
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
