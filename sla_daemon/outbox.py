@@ -131,7 +131,7 @@ class OutboxProcessor:
                 continue
             wake.clear()
             self._progress.clear()
-            if self._awake:
+            if self._awake is not None:
                 await self._awake.mark_awake()
             rows = await self._claim(room)
             if rows:
@@ -145,7 +145,7 @@ class OutboxProcessor:
             # writers test before the flag), then look once more: a row committed
             # between the empty claim and the flag would otherwise wait for the poll.
             await self._pool.execute(QUERIES["outbox_sleep"])
-            if self._awake:
+            if self._awake is not None:
                 await self._awake.mark_asleep()
             rows = await self._claim(room)
             if rows:
