@@ -12,7 +12,6 @@ failed send is logged at debug level and reported as False.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -26,7 +25,6 @@ __all__ = [
     "stopping",
     "watchdog",
     "watchdog_interval",
-    "watchdog_loop",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,20 +117,6 @@ def watchdog_interval() -> float | None:
     if value <= 0:
         return None
     return value / 2 / 1_000_000
-
-
-async def watchdog_loop() -> None:
-    """Ping the watchdog for as long as the event loop runs; returns at once if not asked.
-
-    A ping from a task proves the loop is turning: a blocked loop stops the pings and
-    systemd restarts the service after ``WatchdogSec=``. Cancel the task on shutdown.
-    """
-    interval = watchdog_interval()
-    if interval is None:
-        return
-    while True:
-        watchdog()
-        await asyncio.sleep(interval)
 
 
 def close() -> None:

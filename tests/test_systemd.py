@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -152,27 +151,3 @@ def test_watchdog_interval(
     elif pid is not None:
         monkeypatch.setenv("WATCHDOG_PID", pid)
     assert systemd.watchdog_interval() == expected
-
-
-async def test_watchdog_loop_pings(
-    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("WATCHDOG_USEC", "20000")  # ping every 10 ms
-    task = asyncio.create_task(systemd.watchdog_loop())
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    listener.setblocking(False)
-    pings = []
-    while True:
-        try:
-            pings.append(_recv(listener))
-        except BlockingIOError:
-            break
-    assert len(pings) >= 3
-    assert set(pings) == {"WATCHDOG=1"}
-
-
-async def test_watchdog_loop_returns_when_not_asked() -> None:
-    await asyncio.wait_for(systemd.watchdog_loop(), timeout=1)
