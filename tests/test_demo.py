@@ -20,6 +20,7 @@ from sla_daemon.messages import MessageCatalog
 
 from . import factories as f
 from .test_cli import cli, cli_env
+from .waiting import eventually
 
 CATALOG = MessageCatalog.load()
 SERVER = re.compile(r"running: pid (\d+), data (\S+)")
@@ -41,10 +42,8 @@ def alive(pid: int) -> bool:
 
 async def gone(pid: int, within: float = 10) -> bool:
     """Wait (bounded) for ``pid`` to end: the postmaster may take a moment after exit."""
-    for _ in range(int(within / 0.05)):
-        if not alive(pid):
-            return True
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        await eventually(lambda: not alive(pid), within, what=f"pid {pid} gone")
     return not alive(pid)
 
 
@@ -150,9 +149,8 @@ async def test_demo_shows_messages_in_three_languages_and_an_escalation_then_cle
 
 async def test_ctrl_c_stops_the_demo_and_cleans_up() -> None:
     async with demo("--seconds", "20", env=cli_env()) as run:
-        await run.read(until="ticket", timeout=60)
+        await run.read(until="whatsapp", timeout=60)  # mid-flow: the daemon is sending
         assert run.server_pid is not None and run.data_dir is not None, run.out
-        await asyncio.sleep(0.5)
         run.proc.send_signal(signal.SIGINT)
         code = await run.finish(timeout=60)
     assert code == 130, run.out
