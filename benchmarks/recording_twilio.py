@@ -27,6 +27,7 @@ import uuid
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+from sla_daemon import aio
 from tests.fake_twilio import API_VERSION, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, message_resource
 
 __all__ = ["RecordingTwilio", "main"]
@@ -201,14 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--account-sid", default=TEST_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=TEST_AUTH_TOKEN)
     args = parser.parse_args(argv)
-    run = asyncio.run
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        pass
-    run(_serve(args.host, args.port, args.account_sid, args.auth_token))
+    aio.run(_serve(args.host, args.port, args.account_sid, args.auth_token))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from sla_daemon import db
+from sla_daemon import aio, db
 from sla_daemon.embedded import EmbeddedPostgres, start_embedded
 from sla_daemon.messages import MessageCatalog
 from tests.fake_twilio import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
@@ -1478,12 +1478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"PostgreSQL started (pid {pg.pid}, {'fast' if args.fast else 'durable'})")
             fake.start()
             bench = Bench(pg, fake, sizes, workdir, args.overrides, args.py_spy, args.pg_waits)
-            run = asyncio.run
-            with contextlib.suppress(ImportError):
-                import uvloop
-
-                run = uvloop.run
-            run(_run_parts(bench, db_parts, doc))
+            aio.run(_run_parts(bench, db_parts, doc))
     except KeyboardInterrupt:
         log("interrupted")
         return 130

@@ -7,18 +7,17 @@ Exit codes follow sysexits.h: 0 ok, 64 usage, 69 database unavailable, 78 config
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import asyncpg
 import click
 
-from . import db
+from . import aio, db
 from .check import DEFAULT_TIMEOUT, EX_CONFIG, EX_UNAVAILABLE, DatabaseUnavailable, connect
 from .config import Settings, SettingsError, load_settings
 from .logs import setup_logging
@@ -46,15 +45,6 @@ def _settings(ctx: click.Context) -> Settings:
         _fail(str(exc), EX_CONFIG)
     setup_logging(settings.log_level, settings.log_format)
     return settings
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(coro)
 
 
 def _database_url(settings: Settings) -> str:
@@ -92,7 +82,7 @@ def _with_connection(
             await conn.close(timeout=timeout)
 
     try:
-        return _run(go())
+        return aio.run(go())
     except DatabaseUnavailable as exc:
         _fail(str(exc), exc.code)
     except _SchemaNotCurrent as exc:
@@ -161,7 +151,7 @@ def run(ctx: click.Context, apply_migrations: bool) -> None:
             settings, db.migrate, timeout=30, require_schema=False, command_timeout=None
         )
     try:
-        code = _run(Daemon(settings).run())
+        code = aio.run(Daemon(settings).run())
     except DaemonError as exc:
         _fail(str(exc), EX_UNAVAILABLE)
     sys.exit(code)
@@ -187,7 +177,7 @@ def check(ctx: click.Context, timeout: float) -> None:
     from .check import exit_code, run_checks
 
     settings = _settings(ctx)
-    results = _run(run_checks(settings, connect_timeout=timeout))
+    results = aio.run(run_checks(settings, connect_timeout=timeout))
     for r in results:
         status = click.style(r.status.ljust(4), fg=_STATUS_COLOURS[r.status], bold=r.failed)
         click.echo(f"{status}  {r.name.ljust(9)}  {r.detail}")
@@ -391,7 +381,7 @@ def demo(ctx: click.Context, seconds: float, verbose: bool) -> None:
         from .demo import DemoError, run_demo
 
         try:
-            code = run_demo(settings, _run, seconds=seconds)
+            code = run_demo(settings, aio.run, seconds=seconds)
         except DemoError as exc:
             _fail(f"demo: {exc}", exc.code)
     except KeyboardInterrupt:  # before the demo's own handlers were in place
