@@ -1,27 +1,22 @@
-"""A fake Twilio Messages API on 127.0.0.1, for tests (in-process) and benchmarks (a process).
+"""A fake Twilio Messages API on 127.0.0.1, served in the tests' own process.
 
 It answers ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` the way Twilio does
 (201 with the Message JSON, or Twilio's error JSON), checks Basic auth, and can be
-scripted to fail or stall the next requests. Per-request work is kept small: the
-benchmark pushes thousands of requests a second through it.
+scripted to fail or stall the next requests. (The benchmark has its own, leaner
+fake: ``benchmarks/recording_twilio.py``, which shares ``message_resource``.)
 
     async with FakeTwilio() as fake:
         fake.fail_next(status=429, code=20429)
         ...
         await fake.wait_for(2, timeout=5)
-
-    python -m tests.fake_twilio --port 0     # prints the port, exits on SIGTERM
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
 import json
-import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -297,33 +292,3 @@ class FakeTwilio:
             self._date_second = second
             self._date_text = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(second))
         return self._date_text
-
-
-async def _serve(host: str, port: int, account_sid: str, auth_token: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with FakeTwilio(account_sid, auth_token, host, port) as fake:
-        print(fake.port, flush=True)
-        await stop.wait()
-        print(f"fake twilio: {len(fake.messages)} messages accepted", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--account-sid", default=TEST_ACCOUNT_SID)
-    parser.add_argument("--auth-token", default=TEST_AUTH_TOKEN)
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args.host, args.port, args.account_sid, args.auth_token))
-    else:
-        uvloop.run(_serve(args.host, args.port, args.account_sid, args.auth_token))
-
-
-if __name__ == "__main__":
-    main()
