@@ -53,8 +53,15 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.cpu import postgres_cpu
 from sla_daemon.db import load_migrations, migrate
-from sla_daemon.embedded import EmbeddedPostgres, start_embedded
+from sla_daemon.embedded import (
+    EmbeddedPostgres,
+    kill_pid,
+    postmaster_pid,
+    process_alive,
+    start_embedded,
+)
 
 CHANNELS = ("sla_daemon_outbox", "sla_daemon_timer", "naive")
 MUNICIPALITY = "00000000-0000-4000-8000-00000000b001"
@@ -324,31 +331,12 @@ async def prepare_run(conn: asyncpg.Connection, v: Variant) -> None:
     await conn.execute("CHECKPOINT")
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
-
-
 def server_cpu_seconds(postmaster: int | None) -> float:
-    """CPU the server has used: the postmaster, its live children, and (as the
-    postmaster's cutime/cstime) the children it has reaped, e.g. pgbench's backends.
-    Unlike TPS, this per-transaction cost does not move with other load on the machine."""
+    """CPU the server has used (its reaped children too, e.g. pgbench's backends);
+    NaN when the server is unknown or gone, rather than a misleading 0."""
     if postmaster is None or not Path(f"/proc/{postmaster}").exists():
         return float("nan")
-    f = _proc_stat(postmaster)
-    ticks = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                f = _proc_stat(int(entry.name))
-            except (OSError, IndexError):
-                continue  # exited meanwhile
-            if int(f[1]) == postmaster:
-                ticks += int(f[11]) + int(f[12])
-    return ticks / _TICK
+    return postgres_cpu(postmaster)
 
 
 def children_cpu_seconds() -> float:
@@ -627,21 +615,6 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _stop_orphan(data_dir: Path) -> None:
-    """A server whose start was interrupted: stop it by the PID in postmaster.pid."""
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -662,8 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         if pg is not None:
             log(f"stopping PostgreSQL (pid {pg.pid})")
             pg.stop()
-        else:
-            _stop_orphan(data_dir)
+        elif (pid := postmaster_pid(data_dir)) is not None and process_alive(pid):
+            kill_pid(pid)  # a server whose start was interrupted
         shutil.rmtree(data_dir, ignore_errors=True)
     text = json.dumps(doc, indent=2)
     print(text)

@@ -47,6 +47,7 @@ from . import db
 from .check import DatabaseUnavailable, connect, describe_target
 from .config import Settings
 from .daemon import Daemon
+from .embedded import kill_pid, postmaster_pid, process_alive
 from .messages import MessageCatalog
 from .phones import InvalidPhoneError, mask_phone, normalize_phone
 
@@ -185,11 +186,11 @@ def _with_embedded(settings: Settings, run: Runner, out: Printer, seconds: float
         if pg is not None:
             with contextlib.suppress(Exception):
                 pg.stop()
-        pid = pid or _postmaster_pid(data_dir)
-        if pid is not None and _alive(pid):
-            _kill(pid)
+        pid = pid or postmaster_pid(data_dir)
+        if pid is not None and process_alive(pid):
+            kill_pid(pid)
         _remove(data_dir)
-        gone = pid is None or not _alive(pid)
+        gone = pid is None or not process_alive(pid)
         removed = not data_dir.exists()
         server = (
             "no server was running"
@@ -209,20 +210,6 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _postmaster_pid(data_dir: Path) -> int | None:
-    """The PID in ``postmaster.pid``, for a server whose start was interrupted.
-
-    initdb's single-user backend writes its PID negated; never pass a negative PID to
-    kill(), which would signal a whole process group.
-    """
-    try:
-        first = (data_dir / "postmaster.pid").read_text(encoding="ascii").split("\n", 1)[0]
-        pid = abs(int(first))
-    except (OSError, ValueError):
-        return None
-    return pid if pid > 1 else None
-
-
 def _remove(data_dir: Path) -> None:
     """Remove the data folder, after ending whatever still writes into it.
 
@@ -232,7 +219,7 @@ def _remove(data_dir: Path) -> None:
     """
     for _ in range(50):
         for pid in _processes_using(data_dir):
-            _kill(pid)
+            kill_pid(pid)
         shutil.rmtree(data_dir, ignore_errors=True)
         if not data_dir.exists():
             return
@@ -249,34 +236,6 @@ def _processes_using(data_dir: Path) -> list[int]:
         except (OSError, ValueError):
             continue
     return [pid for pid in found if pid != os.getpid()]
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie still answers kill(0)
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _kill(pid: int) -> None:
-    """SIGQUIT (immediate shutdown), then SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
 
 
 # --- the demo itself --------------------------------------------------------------------

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["EmbeddedPostgres", "embedded_postgres", "start_embedded"]
+__all__ = [
+    "EmbeddedPostgres",
+    "embedded_postgres",
+    "kill_pid",
+    "postmaster_pid",
+    "process_alive",
+    "start_embedded",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +66,53 @@ class EmbeddedPostgres:
         pid = self.pid
         with contextlib.suppress(Exception):
             self.server.cleanup()
-        if pid is not None and _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if pid is not None and process_alive(pid):
+            kill_pid(pid)
         if self.remove_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (ended, not yet reaped) does not count."""
+    if pid <= 1:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie child still answers kill(0); the postmaster is not our child.
+    except PermissionError:
+        return True  # another user's process
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # kill(0) found it; /proc cannot say more
+
+
+def kill_pid(pid: int) -> None:
+    """SIGQUIT (PostgreSQL's immediate shutdown), then SIGKILL if it lingers; bounded."""
+    for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and process_alive(pid):
+            time.sleep(0.05)
+        if not process_alive(pid):
+            return
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The PID in ``postmaster.pid``, for a server whose start was interrupted.
+
+    initdb's single-user backend writes its PID negated; never pass a negative PID to
+    kill(), which would signal a whole process group.
+    """
+    try:
+        first = (data_dir / "postmaster.pid").read_text(encoding="ascii").split("\n", 1)[0]
+        pid = abs(int(first))
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 1 else None
 
 
 def start_embedded(

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from sla_daemon.embedded import process_alive
 from sla_daemon.messages import MessageCatalog
 
 from . import factories as f
@@ -27,24 +28,11 @@ SERVER = re.compile(r"running: pid (\d+), data (\S+)")
 PREFIX = re.compile(r"\b(DEMO-[0-9a-f]{4}-)\d")
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting to be reaped does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 async def gone(pid: int, within: float = 10) -> bool:
     """Wait (bounded) for ``pid`` to end: the postmaster may take a moment after exit."""
     with contextlib.suppress(TimeoutError):
-        await eventually(lambda: not alive(pid), within, what=f"pid {pid} gone")
-    return not alive(pid)
+        await eventually(lambda: not process_alive(pid), within, what=f"pid {pid} gone")
+    return not process_alive(pid)
 
 
 def kill_if_ours(pid: int, data_dir: Path) -> None:
@@ -105,7 +93,11 @@ async def demo(*args: str, env: dict[str, str]) -> AsyncIterator[Demo]:
             proc.kill()
             await proc.wait()
         # Never leave a server behind, even when the test failed.
-        if run.server_pid is not None and run.data_dir is not None and alive(run.server_pid):
+        if (
+            run.server_pid is not None
+            and run.data_dir is not None
+            and process_alive(run.server_pid)
+        ):
             kill_if_ours(run.server_pid, run.data_dir)
 
 
@@ -221,9 +213,9 @@ async def test_demo_rejects_a_bad_duration(seconds: str) -> None:
 
 
 def test_an_interrupted_initdb_pid_is_never_a_process_group(tmp_path: Path) -> None:
-    from sla_daemon.demo import _postmaster_pid
+    from sla_daemon.embedded import postmaster_pid
 
     (tmp_path / "postmaster.pid").write_text("-4242\n/data\n")
-    assert _postmaster_pid(tmp_path) == 4242  # initdb's backend writes its PID negated
+    assert postmaster_pid(tmp_path) == 4242  # initdb's backend writes its PID negated
     (tmp_path / "postmaster.pid").write_text("-1\n")
-    assert _postmaster_pid(tmp_path) is None
+    assert postmaster_pid(tmp_path) is None
