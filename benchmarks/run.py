@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,6 +674,21 @@ class Bench:
         finally:
             await conn.close()
 
+    @contextlib.asynccontextmanager
+    async def _part(
+        self, name: str, **connect: Any
+    ) -> AsyncIterator[tuple[str, asyncpg.Connection, DaemonProcess]]:
+        """A part's fresh database, a connection to it and its daemon (not started yet);
+        the daemon is stopped and the connection closed however the part ends."""
+        dsn = await self.new_database(f"bench_{name}")
+        conn = await asyncpg.connect(dsn, **connect)
+        daemon = self.daemon(name, dsn)
+        try:
+            yield dsn, conn, daemon
+        finally:
+            daemon.stop()
+            await conn.close()
+
     async def new_database(self, name: str) -> str:
         admin = await asyncpg.connect(self.pg.dsn())
         try:
@@ -742,68 +757,64 @@ class Bench:
 
     async def part_latency(self) -> dict[str, Any]:
         n, rate = self.sizes.latency_updates, self.sizes.latency_rate
-        dsn = await self.new_database("bench_latency")
-        conn = await asyncpg.connect(dsn)
-        daemon = self.daemon("latency", dsn)
         pool: asyncpg.Pool | None = None
-        try:
-            tickets = await create_tickets(conn, "L", n)
-            expected = await expected_messages(
-                conn, self.catalog, [tn for _, tn in tickets], "in_progress"
-            )
-            await conn.execute("CHECKPOINT")
-            await daemon.start(profile_dir=self.profile_dir)
-            await asyncio.sleep(1.0)  # first timer pass and outbox sleep done
-            pool = await asyncpg.create_pool(
-                dsn, min_size=WRITERS, max_size=WRITERS, reset=_no_reset
-            )
-            assert pool is not None
-            since = await self.fake.count()
-            commit_time: dict[str, float] = {}
-            start_lag: list[float] = []
-            update = "UPDATE tickets SET status = 'in_progress' WHERE id = $1"
-
-            async def one(ticket_id: Any, tn: str, due: float) -> None:
+        async with self._part("latency") as (dsn, conn, daemon):
+            try:
+                tickets = await create_tickets(conn, "L", n)
+                expected = await expected_messages(
+                    conn, self.catalog, [tn for _, tn in tickets], "in_progress"
+                )
+                await conn.execute("CHECKPOINT")
+                await daemon.start(profile_dir=self.profile_dir)
+                await asyncio.sleep(1.0)  # first timer pass and outbox sleep done
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=WRITERS, max_size=WRITERS, reset=_no_reset
+                )
                 assert pool is not None
-                async with pool.acquire() as c:
-                    start_lag.append(time.monotonic() - due)
-                    await c.execute(update, ticket_id)
-                    commit_time[tn] = time.time()  # right after the commit returned
+                since = await self.fake.count()
+                commit_time: dict[str, float] = {}
+                start_lag: list[float] = []
+                update = "UPDATE tickets SET status = 'in_progress' WHERE id = $1"
 
-            log(f"latency: {n} updates at {rate:g}/s (open loop)")
-            meter = await self.measure(daemon, dsn)
-            origin = time.monotonic() + 0.05
-            tasks = []
-            for i, (ticket_id, tn) in enumerate(tickets):
-                due = origin + i / rate
-                if (delay := due - time.monotonic()) > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(ticket_id, tn, due)))
-            await asyncio.gather(*tasks)
-            sent_span = time.monotonic() - origin
-            await self.fake.wait_for(since, n, 30, "latency")
-            cpu = await meter.done()
-            report, first, _ = await self.deliveries(conn, since, expected, n)
-            latencies = [
-                first[(tn, "in_progress")] - commit_time[tn]
-                for tn in commit_time
-                if (tn, "in_progress") in first
-            ]
-            return {
-                "updates": n,
-                "rate_per_s": rate,
-                "achieved_rate_per_s": round(n / sent_span, 1),
-                "writer_start_lag": summary_ms(start_lag),
-                "latency_commit_to_fake": summary_ms(latencies),
-                "delivery": report,
-                "cpu_seconds": cpu,
-                **self.memory(daemon),
-            }
-        finally:
-            if pool is not None:
-                await pool.close()
-            daemon.stop()
-            await conn.close()
+                async def one(ticket_id: Any, tn: str, due: float) -> None:
+                    assert pool is not None
+                    async with pool.acquire() as c:
+                        start_lag.append(time.monotonic() - due)
+                        await c.execute(update, ticket_id)
+                        commit_time[tn] = time.time()  # right after the commit returned
+
+                log(f"latency: {n} updates at {rate:g}/s (open loop)")
+                meter = await self.measure(daemon, dsn)
+                origin = time.monotonic() + 0.05
+                tasks = []
+                for i, (ticket_id, tn) in enumerate(tickets):
+                    due = origin + i / rate
+                    if (delay := due - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(one(ticket_id, tn, due)))
+                await asyncio.gather(*tasks)
+                sent_span = time.monotonic() - origin
+                await self.fake.wait_for(since, n, 30, "latency")
+                cpu = await meter.done()
+                report, first, _ = await self.deliveries(conn, since, expected, n)
+                latencies = [
+                    first[(tn, "in_progress")] - commit_time[tn]
+                    for tn in commit_time
+                    if (tn, "in_progress") in first
+                ]
+                return {
+                    "updates": n,
+                    "rate_per_s": rate,
+                    "achieved_rate_per_s": round(n / sent_span, 1),
+                    "writer_start_lag": summary_ms(start_lag),
+                    "latency_commit_to_fake": summary_ms(latencies),
+                    "delivery": report,
+                    "cpu_seconds": cpu,
+                    **self.memory(daemon),
+                }
+            finally:
+                if pool is not None:
+                    await pool.close()
 
     async def _write_all(
         self, dsn: str, tickets: Sequence[tuple[Any, str]], status: str
@@ -828,10 +839,7 @@ class Bench:
 
     async def part_backlog(self) -> dict[str, Any]:
         n = self.sizes.backlog_updates
-        dsn = await self.new_database("bench_backlog")
-        conn = await asyncpg.connect(dsn)
-        daemon = self.daemon("backlog", dsn)
-        try:
+        async with self._part("backlog") as (dsn, conn, daemon):
             tickets = await create_tickets(conn, "B", n)
             expected = await expected_messages(
                 conn, self.catalog, [tn for _, tn in tickets], "in_progress"
@@ -869,16 +877,10 @@ class Bench:
                 "daemon_cpu_us_per_message": round(cpu.get("daemon", 0) / n * 1e6, 1),
                 **self.memory(daemon),
             }
-        finally:
-            daemon.stop()
-            await conn.close()
 
     async def part_live(self) -> dict[str, Any]:
         n = self.sizes.live_updates
-        dsn = await self.new_database("bench_live")
-        conn = await asyncpg.connect(dsn)
-        daemon = self.daemon("live", dsn)
-        try:
+        async with self._part("live") as (dsn, conn, daemon):
             tickets = await create_tickets(conn, "V", n)
             expected = await expected_messages(
                 conn, self.catalog, [tn for _, tn in tickets], "in_progress"
@@ -908,16 +910,10 @@ class Bench:
                 "daemon_cpu_us_per_message": round(cpu.get("daemon", 0) / n * 1e6, 1),
                 **self.memory(daemon),
             }
-        finally:
-            daemon.stop()
-            await conn.close()
 
     async def part_escalation(self) -> dict[str, Any]:
         n = self.sizes.escalation_tickets
-        dsn = await self.new_database("bench_escalation")
-        conn = await asyncpg.connect(dsn)
-        daemon = self.daemon("escalation", dsn)
-        try:
+        async with self._part("escalation") as (dsn, conn, daemon):
             await daemon.start(profile_dir=self.profile_dir)
             await asyncio.sleep(1.0)
             since = await self.fake.count()
@@ -959,17 +955,11 @@ class Bench:
                 "cpu_seconds": cpu,
                 **self.memory(daemon),
             }
-        finally:
-            daemon.stop()
-            await conn.close()
 
     async def part_sweep(self) -> dict[str, Any]:
         total, k = self.sizes.sweep_tickets, self.sizes.sweep_breached
         lead = self.sizes.sweep_lead_seconds
-        dsn = await self.new_database("bench_sweep")
-        conn = await asyncpg.connect(dsn, command_timeout=None)
-        daemon = self.daemon("sweep", dsn)
-        try:
+        async with self._part("sweep", command_timeout=None) as (dsn, conn, daemon):
             load = await self._bulk_load(conn, total)
             # Tickets number g with g % 10 = 0 are open; the breached ones are spread
             # over the whole table (and so over the whole index).
@@ -1077,9 +1067,6 @@ class Bench:
                 "breach_query_plan_idle": plan_idle,
                 "breach_query_plan_with_breached": plan_breached,
             }
-        finally:
-            daemon.stop()
-            await conn.close()
 
     async def _bulk_load(self, conn: asyncpg.Connection, total: int) -> dict[str, Any]:
         """Tickets, assignments and warning schedule in bulk, triggers off; then ANALYZE.
