@@ -82,7 +82,8 @@ class OutboxProcessor:
         notifications: NotificationService,
         settings: Settings,
         metrics: Metrics | None = None,
-        awake: AwakeMark | None = None,
+        *,
+        awake: AwakeMark,
     ) -> None:
         self._pool = pool
         self._awake = awake
@@ -131,8 +132,7 @@ class OutboxProcessor:
                 continue
             wake.clear()
             self._progress.clear()
-            if self._awake is not None:
-                await self._awake.mark_awake()
+            await self._awake.mark_awake()
             rows = await self._claim(room)
             if rows:
                 self._start(rows)
@@ -145,8 +145,7 @@ class OutboxProcessor:
             # writers test before the flag), then look once more: a row committed
             # between the empty claim and the flag would otherwise wait for the poll.
             await self._pool.execute(QUERIES["outbox_sleep"])
-            if self._awake is not None:
-                await self._awake.mark_asleep()
+            await self._awake.mark_asleep()
             rows = await self._claim(room)
             if rows:
                 self._start(rows)
