@@ -7,6 +7,7 @@ The database and Twilio variables keep the names operators already use
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -82,7 +83,10 @@ class Settings(BaseSettings):
     metrics_address: str = "127.0.0.1:9108"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: Unique per process start (host:pid repeats across container restarts).
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    )
 
     @field_validator("twilio_whatsapp_number")
     @classmethod

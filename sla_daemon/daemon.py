@@ -123,7 +123,9 @@ class Daemon:
                 return
             raise
         sla = SLAService(pool, batch_size=s.breach_batch_size)
-        escalation = EscalationService(pool, concurrency=s.escalation_concurrency)
+        escalation = EscalationService(
+            pool, concurrency=s.escalation_concurrency, metrics=self.metrics
+        )
         self.outbox = OutboxProcessor(pool, notifications, s, self.metrics, awake=self.listener)
         self.timer = SLATimer(
             pool, sla, escalation, safety_interval=s.safety_interval_seconds, metrics=self.metrics

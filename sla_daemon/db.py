@@ -39,6 +39,13 @@ Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool
 
 SCHEMA = "sla_daemon"
 MIGRATION_LOCK = (5459011, 0)
+#: How long migrate waits for another session's migration lock before saying who holds it.
+MIGRATION_LOCK_TIMEOUT = "60s"
+
+#: Every session of ours resolves names only in pg_catalog (pg_temp last: named, else
+#: it would be searched first for types and tables), so nothing another role plants in
+#: public or in its own pg_temp can match what our SQL names; our SQL qualifies the rest.
+SEARCH_PATH = "pg_catalog, pg_temp"
 
 #: What a lost or failing database raises through asyncpg. InternalClientError is
 #: what asyncpg says when the server vanishes in the middle of its own protocol.
@@ -49,6 +56,9 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+
+#: Every connection of ours: named in pg_stat_activity, with its search_path pinned.
+SERVER_SETTINGS = {"application_name": "sla-daemon", "search_path": SEARCH_PATH}
 
 # The listener and the pool must never wait forever on a dead server.
 COMMAND_TIMEOUT = 60.0
@@ -136,10 +146,49 @@ async def pending_migrations(conn: Executor) -> list[Migration]:
     return [m for m in load_migrations() if m.version not in applied]
 
 
+_SETTLE = f"""
+SELECT {SCHEMA}.settle_ownership()
+WHERE pg_catalog.to_regprocedure('{SCHEMA}.settle_ownership()') IS NOT NULL
+"""
+
+
+async def _take_migration_lock(conn: asyncpg.Connection) -> None:
+    """The runner's advisory lock, waited for at most MIGRATION_LOCK_TIMEOUT.
+
+    Any role may take any advisory key, so a foreign session could hold this one: the
+    wait is bounded and the error names the holder."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+            await conn.execute("SELECT pg_catalog.pg_advisory_lock($1, $2)", *MIGRATION_LOCK)
+    except asyncpg.LockNotAvailableError:
+        holder = await conn.fetchval(
+            "SELECT pg_catalog.string_agg(pg_catalog.format('pid %s (%s)', l.pid, a.usename),"
+            " ', ') FROM pg_catalog.pg_locks l"
+            " LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid AND l.objsubid = 2",
+            *MIGRATION_LOCK,
+        )
+        raise MigrationError(
+            f"another session holds the migration lock {MIGRATION_LOCK} "
+            f"({holder or 'holder unknown'}); waited {MIGRATION_LOCK_TIMEOUT}"
+        ) from None
+
+
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply what is missing; returns what was applied. Safe to run concurrently."""
+    """Apply what is missing; returns what was applied. Safe to run concurrently.
+
+    Runs with a pinned search_path (restored afterwards), and after each migration
+    hands every object in the schema to its owner role (migration 0006)."""
     migrations = load_migrations()
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", *MIGRATION_LOCK)
+    saved_path = await conn.fetchval("SELECT pg_catalog.current_setting('search_path')")
+    await conn.execute(f"SET search_path = {SEARCH_PATH}")
+    try:
+        await _take_migration_lock(conn)
+    except BaseException:
+        await conn.execute("SELECT pg_catalog.set_config('search_path', $1, false)", saved_path)
+        raise
     try:
         await conn.execute(_BOOTSTRAP)
         applied = await _applied(conn)
@@ -163,17 +212,19 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                         m.name,
                         m.checksum,
                     )
+                    await conn.execute(_SETTLE)
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
         return [m for m in migrations if m.version not in applied]
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1, $2)", *MIGRATION_LOCK)
+        await conn.execute("SELECT pg_catalog.pg_advisory_unlock($1, $2)", *MIGRATION_LOCK)
+        await conn.execute("SELECT pg_catalog.set_config('search_path', $1, false)", saved_path)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """One dedicated connection (the listener, the migration runner, the CLI)."""
     kwargs.setdefault("command_timeout", COMMAND_TIMEOUT)
-    kwargs.setdefault("server_settings", {"application_name": "sla-daemon"})
+    kwargs["server_settings"] = {**SERVER_SETTINGS, **kwargs.get("server_settings", {})}
     return await asyncpg.connect(dsn, **kwargs)
 
 
@@ -188,7 +239,7 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
         min_size=min_size,
         max_size=max_size,
         command_timeout=COMMAND_TIMEOUT,
-        server_settings={"application_name": "sla-daemon"},
+        server_settings=SERVER_SETTINGS,
         # The pool never LISTENs, sets session state or holds session locks, so the
         # default reset query on every release is a wasted round trip (asyncpg still
         # rolls back a transaction left open).

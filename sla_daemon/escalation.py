@@ -4,6 +4,11 @@ The work is one stored function, ``sla_daemon.escalate_ticket``, which takes a
 transaction-level advisory lock keyed on the ticket id (the same key in every
 process), re-reads the ticket under it and escalates only if it is still live and
 still breached. Many daemons may sweep at once: each ticket is escalated once.
+
+A ticket whose escalation fails (a platform constraint or trigger, its row locked by a
+long transaction past the function's lock_timeout, its advisory lock held by a
+foreign session) is logged with the reason, counted, and looked at again after its
+own backoff (``sla_daemon.escalation_failed``); it never delays the others.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from uuid import UUID
 
 import asyncpg
 
-from .db import QUERIES
+from .db import DB_ERRORS, QUERIES
+from .metrics import Metrics
 from .sla import BreachedTicket
 
 __all__ = ["EscalationResult", "EscalationService"]
@@ -29,7 +35,7 @@ log = logging.getLogger(__name__)
 class EscalationResult:
     ticket_id: UUID
     escalated: bool
-    #: escalated, escalated_without_manager, locked, not_found or not_breached.
+    #: escalated, escalated_without_manager, locked, not_found, not_breached or failed.
     outcome: str
     breach_type: str | None
     manager_id: UUID | None
@@ -37,9 +43,12 @@ class EscalationResult:
 
 
 class EscalationService:
-    def __init__(self, pool: asyncpg.Pool, *, concurrency: int = 4) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, concurrency: int = 4, metrics: Metrics | None = None
+    ) -> None:
         self._pool = pool
         self._concurrency = concurrency
+        self._metrics = metrics
 
     async def escalate(self, ticket_id: UUID, reason: str | None = None) -> EscalationResult:
         row = await self._pool.fetchrow(QUERIES["escalate_ticket"], ticket_id, reason)
@@ -91,7 +100,7 @@ class EscalationService:
                     f"SLA {ticket.breach_type} deadline missed "
                     f"(overdue by {ticket.overdue_by_hours:.2f} h)"
                 )
-                results.append(await self.escalate(ticket.ticket_id, reason))
+                results.append(await self.escalate_isolated(ticket, reason))
             finally:
                 semaphore.release()
 
@@ -105,6 +114,50 @@ class EscalationService:
                 await semaphore.acquire()
                 tg.create_task(one(ticket))
         return results
+
+    async def escalate_isolated(self, ticket: BreachedTicket, reason: str) -> EscalationResult:
+        """Escalate one ticket; a failure is recorded for this ticket alone, never raised."""
+        try:
+            result = await self.escalate(ticket.ticket_id, reason)
+        except DB_ERRORS as exc:
+            sqlstate = getattr(exc, "sqlstate", None)
+            cause = "lock_timeout" if sqlstate == "55P03" else "error"
+            detail = f"{type(exc).__name__}" + (f" [{sqlstate}]" if sqlstate else "")
+            await self._failed(ticket, cause, f"{detail}: {exc}")
+            return EscalationResult(
+                ticket.ticket_id, False, "failed", ticket.breach_type, None, ticket.tracking_number
+            )
+        if result.outcome == "locked":
+            try:
+                holder = await self._pool.fetchval(
+                    QUERIES["escalation_lock_holder"], ticket.ticket_id
+                )
+            except DB_ERRORS:
+                holder = None
+            await self._failed(
+                ticket, "locked", f"escalation lock held by {holder or 'another session'}"
+            )
+        return result
+
+    async def _failed(self, ticket: BreachedTicket, cause: str, error: str) -> None:
+        if self._metrics is not None:
+            self._metrics.escalation_failures.labels(cause).inc()
+        try:
+            retry_at = await self._pool.fetchval(
+                QUERIES["escalation_failed"], ticket.ticket_id, error
+            )
+        except DB_ERRORS as exc:
+            retry_at = None
+            log.warning(
+                "could not record the failed escalation of %s: %s", ticket.tracking_number, exc
+            )
+        log.warning(
+            "ticket %s not escalated (%s): %s; next try %s",
+            ticket.tracking_number,
+            cause,
+            error,
+            retry_at.isoformat(timespec="seconds") if retry_at else "at the next sweep",
+        )
 
 
 async def _flatten(

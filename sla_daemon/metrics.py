@@ -70,6 +70,14 @@ class Metrics:
             ["breach_type"],
             registry=r,
         )
+        self.escalation_failures = Counter(
+            "sla_daemon_escalation_failures",
+            "Escalations that failed and will be retried on the ticket's own backoff, by"
+            " cause (locked: its advisory lock is held elsewhere; lock_timeout: its row is"
+            " locked by a long transaction; error: anything else)",
+            ["cause"],
+            registry=r,
+        )
         self.warnings = Counter(
             "sla_daemon_warnings", "Deadline warnings recorded", ["deadline_kind"], registry=r
         )

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from sla_daemon.phones import InvalidPhoneError, mask_phone, normalize_phone, wh
 __all__ = [
     "PERMANENT_CODES",
     "RATE_LIMIT_CODES",
+    "Guard",
     "NotificationService",
     "Outcome",
     "SendResult",
@@ -37,7 +38,11 @@ __all__ = [
     "classify_failure",
 ]
 
-Outcome = Literal["sent", "dry_run", "retry", "dead"]
+Outcome = Literal["sent", "dry_run", "retry", "dead", "released"]
+#: Called with the send slot and rate token held, just before the POST: False means
+#: "do not send" (the outbox's claim no longer covers a send), and the result is
+#: 'released'.
+Guard = Callable[[], Awaitable[bool]]
 
 #: Twilio error codes that will fail the same way for this message every time.
 PERMANENT_CODES = frozenset({21211, 21408, 21610, 21614, 63003, 63016})
@@ -180,7 +185,12 @@ class NotificationService:
         await self.close()
 
     async def send_status_update(
-        self, phone: str | None, tracking_number: str, new_status: str, language: str | None
+        self,
+        phone: str | None,
+        tracking_number: str,
+        new_status: str,
+        language: str | None,
+        guard: Guard | None = None,
     ) -> SendResult:
         """Tell the citizen their ticket is now ``new_status``."""
         lang = self._catalog.normalize_language(language)
@@ -189,16 +199,24 @@ class NotificationService:
             label = self._catalog.status_label(new_status, lang)
         except CatalogError as exc:
             return SendResult("dead", error=str(exc), language=lang)
-        return await self._send(phone, body, f"{new_status}:{lang}", lang, tracking_number, label)
+        return await self._send(
+            phone, body, f"{new_status}:{lang}", lang, tracking_number, label, guard
+        )
 
     async def send_escalation_notice(
-        self, phone: str | None, tracking_number: str, language: str | None
+        self,
+        phone: str | None,
+        tracking_number: str,
+        language: str | None,
+        guard: Guard | None = None,
     ) -> SendResult:
         """Tell the citizen a missed deadline put their ticket in a manager's hands."""
         lang = self._catalog.normalize_language(language)
         body = self._catalog.render_escalation(lang, tracking_number)
         label = self._catalog.status_label("escalated", lang)
-        return await self._send(phone, body, f"escalation:{lang}", lang, tracking_number, label)
+        return await self._send(
+            phone, body, f"escalation:{lang}", lang, tracking_number, label, guard
+        )
 
     async def _send(
         self,
@@ -208,6 +226,7 @@ class NotificationService:
         lang: str,
         tracking_number: str,
         label: str,
+        guard: Guard | None = None,
     ) -> SendResult:
         try:
             to = whatsapp_address(normalize_phone(phone, self._settings.default_region))
@@ -240,8 +259,8 @@ class NotificationService:
             kwargs["content_variables"] = json.dumps({"1": tracking_number, "2": label})
         else:
             kwargs["body"] = body
-        result = await self._post(kwargs, body, lang, content_sid)
-        level = logging.DEBUG if result.outcome == "sent" else logging.WARNING
+        result = await self._post(kwargs, body, lang, content_sid, guard)
+        level = logging.DEBUG if result.outcome in ("sent", "released") else logging.WARNING
         if self._log.isEnabledFor(level):  # mask_phone parses the number: not for nothing
             self._log.log(
                 level,
@@ -255,7 +274,12 @@ class NotificationService:
         return result
 
     async def _post(
-        self, kwargs: dict[str, str], body: str, lang: str, content_sid: str | None
+        self,
+        kwargs: dict[str, str],
+        body: str,
+        lang: str,
+        content_sid: str | None,
+        guard: Guard | None = None,
     ) -> SendResult:
         """One bounded, rate-limited, timed Twilio call, classified; never raises."""
         timeout = self._settings.send_timeout_seconds
@@ -267,6 +291,8 @@ class NotificationService:
 
         async with self._semaphore:
             await self.bucket.acquire()
+            if guard is not None and not await guard():
+                return SendResult("released", body=body, language=lang, content_sid=content_sid)
             try:
                 async with asyncio.timeout(timeout):
                     message = await self._client.messages.create_async(**kwargs)

@@ -5,6 +5,11 @@ Claims, supersession and per-ticket ordering are decided by the database
 sends them concurrently, and writes their outcomes back in batches. A transient
 failure goes back to 'pending' with its next attempt time stored in the row (so the
 backoff survives restarts); a permanent one goes 'dead' at once.
+
+Every claim carries a fencing token, and every finish names it: an outcome from an
+older claim (its lease ran out and the row was claimed again) changes nothing. A row
+is POSTed only while its lease still covers the send timeout plus a margin; a row
+that waited longer in the send queue has its lease extended first, or is handed back.
 """
 
 from __future__ import annotations
@@ -25,16 +30,22 @@ from .aio import wait_any
 from .config import Settings
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
-from .notifications import NotificationService, SendResult
+from .notifications import Guard, NotificationService, SendResult
 
 __all__ = ["OutboxProcessor", "OutboxRow", "retry_delay"]
 
 log = logging.getLogger(__name__)
 
 
+#: A POST may start only while the lease has at least send timeout + this left, so
+#: once a lease runs out no POST of that claim can still be under way.
+LEASE_MARGIN_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
+    claim_token: int
     ticket_id: UUID
     kind: str
     old_status: str | None
@@ -49,10 +60,16 @@ class OutboxRow:
     def from_record(cls, r: asyncpg.Record) -> OutboxRow:
         return cls(**dict(r.items()))
 
+    @property
+    def key(self) -> tuple[int, int]:
+        """One claim of one row: the same row claimed again is another send."""
+        return (self.id, self.claim_token)
+
 
 @dataclass(frozen=True)
 class _Outcome:
     row_id: int
+    token: int
     state: str
     sid: str | None = None
     code: int | None = None
@@ -62,8 +79,10 @@ class _Outcome:
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1))."""
-    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1)).
+
+    The exponent is bounded, so no attempt count overflows a float."""
+    ceiling = min(cap, base * 2.0 ** min(max(attempts - 1, 0), 64))
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
@@ -92,26 +111,60 @@ class OutboxProcessor:
         self._metrics = metrics or Metrics()
         self._worker = settings.worker_id
         self._capacity = max(settings.outbox_batch_size, settings.send_concurrency)
-        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
+        #: monotonic time by which each claim's lease runs out (counted from before
+        #: the claim was asked for, so never later than the database's)
+        self._lease_until: dict[tuple[int, int], float] = {}
         self._results: list[_Outcome] = []
         self._have_results = asyncio.Event()
         self._progress = asyncio.Event()
         self._flushing = False
 
-    async def send_status_notification(self, row: OutboxRow) -> SendResult:
+    async def send_status_notification(
+        self, row: OutboxRow, guard: Guard | None = None
+    ) -> SendResult:
         """Send one outbox row: the escalation notice for an SLA escalation, else the status."""
         if row.tracking_number is None:
             return SendResult("dead", error="ticket no longer exists")
         if row.kind == "escalation":
             return await self._notifications.send_escalation_notice(
-                row.phone, row.tracking_number, row.language
+                row.phone, row.tracking_number, row.language, guard
             )
         return await self._notifications.send_status_update(
-            row.phone, row.tracking_number, row.new_status, row.language
+            row.phone, row.tracking_number, row.new_status, row.language, guard
         )
+
+    def _guard(self, row: OutboxRow) -> Guard:
+        """May this claim still POST? Yes while the lease covers the send; else extend it."""
+        s = self._settings
+        needed = s.send_timeout_seconds + LEASE_MARGIN_SECONDS
+
+        async def may_send() -> bool:
+            started = time.monotonic()
+            if started + needed < self._lease_until.get(row.key, 0.0):
+                return True
+            try:
+                held = await self._pool.fetch(
+                    QUERIES["extend_outbox"],
+                    row.claim_token,
+                    [row.id],
+                    s.outbox_lease_seconds,
+                )
+            except DB_ERRORS as exc:
+                log.warning("could not extend the lease of outbox row %s (%s)", row.id, exc)
+                return False
+            if not held:
+                log.info("outbox row %s not sent: its claim lapsed or a newer status came", row.id)
+                return False
+            self._lease_until[row.key] = started + s.outbox_lease_seconds
+            return True
+
+        return may_send
 
     async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         """Claim and send until stopped; then let in-flight sends finish, within a bound."""
+        if self._results:  # outcomes left from before a database failure: write them now
+            self._have_results.set()
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:
             await self._claim_loop(wake, stopping)
@@ -153,29 +206,33 @@ class OutboxProcessor:
             await wait_any(wake, stopping, timeout=poll)
 
     async def _claim(self, limit: int) -> list[OutboxRow]:
+        asked = time.monotonic()
         records = await self._pool.fetch(
             QUERIES["claim_outbox"],
             self._worker,
             min(limit, self._settings.outbox_batch_size),
             self._settings.outbox_lease_seconds,
         )
-        return [OutboxRow.from_record(r) for r in records]
+        rows = [OutboxRow.from_record(r) for r in records]
+        lease_until = asked + self._settings.outbox_lease_seconds
+        for row in rows:
+            self._lease_until[row.key] = lease_until
+        return rows
 
     def _start(self, rows: list[OutboxRow]) -> None:
         for row in rows:
-            self._inflight[row.id] = asyncio.create_task(self._send_one(row))
+            self._inflight[row.key] = asyncio.create_task(self._send_one(row))
 
     async def _send_one(self, row: OutboxRow) -> None:
         try:
-            result = await self.send_status_notification(row)
-            outcome = self._outcome(row, result)
-        except Exception as exc:  # a bug must not lose the row: retry it later
+            result = await self.send_status_notification(row, self._guard(row))
+        except Exception as exc:  # a bug must not lose the row: an attempt like any other
             log.exception("sending outbox row %s failed unexpectedly", row.id)
-            outcome = _Outcome(
-                row.id, "pending", error=f"{type(exc).__name__}", retry_in=self._delay(row)
-            )
+            result = SendResult("retry", error=f"unexpected {type(exc).__name__}")
+        outcome = self._outcome(row, result)
         # Cancelled (shutdown) rows stay in _inflight, so _drain releases them.
-        self._inflight.pop(row.id, None)
+        self._inflight.pop(row.key, None)
+        self._lease_until.pop(row.key, None)
         self._record(row, outcome)
 
     def _delay(self, row: OutboxRow) -> float:
@@ -184,15 +241,17 @@ class OutboxProcessor:
 
     def _outcome(self, row: OutboxRow, result: SendResult) -> _Outcome:
         lang = result.language
-        if result.outcome in ("sent", "dry_run"):
-            return _Outcome(row.id, result.outcome, sid=result.sid, language=lang)
+        token = row.claim_token
+        if result.outcome in ("sent", "dry_run", "released"):
+            return _Outcome(row.id, token, result.outcome, sid=result.sid, language=lang)
         if result.outcome == "dead":
             return _Outcome(
-                row.id, "dead", code=result.error_code, error=result.error, language=lang
+                row.id, token, "dead", code=result.error_code, error=result.error, language=lang
             )
         if row.attempts >= self._settings.max_attempts:
             return _Outcome(
                 row.id,
+                token,
                 "dead",
                 code=result.error_code,
                 error=f"gave up after {row.attempts} attempts: {result.error}",
@@ -200,6 +259,7 @@ class OutboxProcessor:
             )
         return _Outcome(
             row.id,
+            token,
             "pending",
             code=result.error_code,
             error=result.error,
@@ -209,23 +269,28 @@ class OutboxProcessor:
 
     def _record(self, row: OutboxRow, outcome: _Outcome) -> None:
         m = self._metrics
-        label = "retry" if outcome.state == "pending" else outcome.state
-        m.messages.labels(label, outcome.language or "unknown").inc()
+        if outcome.state != "released":
+            label = "retry" if outcome.state == "pending" else outcome.state
+            m.messages.labels(label, outcome.language or "unknown").inc()
         if outcome.state in ("sent", "dry_run"):
             m.send_latency.observe(max(0.0, time.time() - row.created_at.timestamp()))
         self._results.append(outcome)
         self._have_results.set()
 
     async def _flush_loop(self, stopping: asyncio.Event) -> None:
+        delay = 0.1
         while True:
             await self._have_results.wait()
             self._have_results.clear()
             try:
                 await self._flush()
+                delay = 0.1
             except DB_ERRORS as exc:
-                # The rows stay claimed; the next flush (or the lease) brings them back.
-                log.warning("could not record outbox outcomes (%s); will retry", exc)
-                await asyncio.sleep(0.5)
+                # The outcomes stay buffered and are written as soon as the database
+                # answers: retried here with a short, capped backoff, not on new traffic.
+                log.warning("could not record outbox outcomes (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
                 self._have_results.set()
 
     async def _flush(self) -> None:
@@ -236,7 +301,7 @@ class OutboxProcessor:
         try:
             await self._pool.execute(
                 QUERIES["finish_outbox"],
-                self._worker,
+                [o.token for o in batch],
                 [o.row_id for o in batch],
                 [o.state for o in batch],
                 [o.sid for o in batch],
@@ -264,6 +329,7 @@ class OutboxProcessor:
             await asyncio.gather(*pending, return_exceptions=True)
         leftover = list(self._inflight)
         self._inflight.clear()
-        self._results.extend(_Outcome(row_id, "released") for row_id in leftover)
+        self._lease_until.clear()
+        self._results.extend(_Outcome(row_id, token, "released") for row_id, token in leftover)
         if leftover:
             log.warning("released %d unfinished sends back to the outbox", len(leftover))

@@ -42,6 +42,12 @@ FROM sla_daemon.record_warnings($1::integer);
 SELECT escalated, outcome, breach_type, manager_id, tracking_number
 FROM sla_daemon.escalate_ticket($1::uuid, $2::text);
 
+-- name: escalation_failed
+SELECT sla_daemon.escalation_failed($1::uuid, $2::text) AS retry_at;
+
+-- name: escalation_lock_holder
+SELECT sla_daemon.escalation_lock_holder($1::uuid);
+
 -- name: next_event_at
 SELECT sla_daemon.next_event_at(coalesce($1::timestamptz, now())) AS next_at, now() AS db_now;
 
@@ -52,13 +58,16 @@ UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer' RETURNIN
 UPDATE sla_daemon.wakeups SET wake_at = $1::timestamptz WHERE name = 'timer';
 
 -- name: claim_outbox
-SELECT id, ticket_id, kind, old_status, new_status, attempts, created_at, tracking_number,
-       phone, language
+SELECT id, claim_token, ticket_id, kind, old_status, new_status, attempts, created_at,
+       tracking_number, phone, language
 FROM sla_daemon.claim_outbox($1::text, $2::integer, $3::float8);
 
+-- name: extend_outbox
+SELECT id FROM sla_daemon.extend_outbox($1::bigint, $2::bigint[], $3::float8) AS e(id);
+
 -- name: finish_outbox
-SELECT sla_daemon.finish_outbox($1::text, $2::bigint[], $3::text[], $4::text[], $5::integer[],
-                                $6::text[], $7::float8[], $8::text[]);
+SELECT sla_daemon.finish_outbox($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                $5::integer[], $6::text[], $7::float8[], $8::text[]);
 
 -- name: outbox_sleep
 SELECT sla_daemon.outbox_sleep();
@@ -83,11 +92,14 @@ WHERE state IN ('pending', 'sending', 'dead');
 SELECT 1;
 
 -- name: purge_outbox
--- Finished rows past retention, a batch at a time (dead rows stay until handled).
+-- Finished rows past retention, a batch at a time (dead rows stay until handled). Each
+-- ticket's newest row stays, so "is this the ticket's newest status" (claims,
+-- retry-dead) never looks past a purged row.
 WITH old AS (
-    SELECT id FROM sla_daemon.outbox
-    WHERE state IN ('sent', 'superseded', 'dry_run')
-      AND finished_at < now() - $1::float8 * interval '1 day'
+    SELECT o.id FROM sla_daemon.outbox o
+    WHERE o.state IN ('sent', 'superseded', 'dry_run')
+      AND o.finished_at < now() - $1::float8 * interval '1 day'
+      AND EXISTS (SELECT 1 FROM sla_daemon.outbox n WHERE n.ticket_id = o.ticket_id AND n.id > o.id)
     LIMIT $2
 )
 DELETE FROM sla_daemon.outbox o USING old WHERE o.id = old.id;
