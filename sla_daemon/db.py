@@ -146,10 +146,8 @@ async def pending_migrations(conn: Executor) -> list[Migration]:
     return [m for m in load_migrations() if m.version not in applied]
 
 
-_SETTLE = f"""
-SELECT {SCHEMA}.settle_ownership()
-WHERE pg_catalog.to_regprocedure('{SCHEMA}.settle_ownership()') IS NOT NULL
-"""
+_SETTLE = f"SELECT {SCHEMA}.settle_ownership()"
+_HAS_SETTLE = f"SELECT pg_catalog.to_regprocedure('{SCHEMA}.settle_ownership()') IS NOT NULL"
 
 
 async def _take_migration_lock(conn: asyncpg.Connection) -> None:
@@ -212,7 +210,8 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                         m.name,
                         m.checksum,
                     )
-                    await conn.execute(_SETTLE)
+                    if await conn.fetchval(_HAS_SETTLE):
+                        await conn.execute(_SETTLE)
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
         return [m for m in migrations if m.version not in applied]

@@ -371,22 +371,38 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
 
 
 async def test_finished_rows_past_retention_are_purged(conn: asyncpg.Connection, dsn: str) -> None:
-    await make_tickets(conn, 3)
+    _, numbers = await make_tickets(conn, 3)
+    first, second, third = [
+        await conn.fetchval("SELECT id FROM tickets WHERE tracking_number = $1", n)
+        for n in numbers
+    ]
     await conn.execute("UPDATE tickets SET status = 'in_progress'")
+    await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", first)
     # take the intake into the outbox without claiming anything
     await conn.execute("SELECT * FROM sla_daemon.claim_outbox('test', 0, 60)")
+    old = "finished_at = now() - interval '40 days'"
+    # first: an old sent row with a newer one after it (goes), and that newer one
     await conn.execute(
-        "UPDATE sla_daemon.outbox SET state = 'sent', finished_at = now() - interval '40 days'"
-        " WHERE id = (SELECT min(id) FROM sla_daemon.outbox)"
+        f"UPDATE sla_daemon.outbox SET state = 'sent', {old} WHERE ticket_id = $1", first
     )
+    # second: an old sent row that is still its ticket's newest (stays: "is this the
+    # ticket's newest status" must never look past a purged row)
     await conn.execute(
-        "UPDATE sla_daemon.outbox SET state = 'dead', finished_at = now() - interval '40 days'"
-        " WHERE id = (SELECT max(id) FROM sla_daemon.outbox)"
+        f"UPDATE sla_daemon.outbox SET state = 'sent', {old} WHERE ticket_id = $1", second
+    )
+    # third: an old dead row (stays until handled)
+    await conn.execute(
+        f"UPDATE sla_daemon.outbox SET state = 'dead', {old} WHERE ticket_id = $1", third
     )
     async with running(daemon_settings(dsn, None, outbox_retention_days=30)):
-        # the old sent row goes; the old dead row and the fresh one stay
         await eventually(
-            lambda: conn.fetchval("SELECT count(*) = 2 FROM sla_daemon.outbox"), what="purge"
+            lambda: conn.fetchval("SELECT count(*) = 3 FROM sla_daemon.outbox"), what="purge"
         )
         states = await wait_until_finished(conn)
-    assert states == Counter({"dead": 1, "dry_run": 1})
+    assert states == Counter({"dead": 1, "sent": 2})
+    kept = await conn.fetch("SELECT ticket_id, new_status FROM sla_daemon.outbox ORDER BY id")
+    assert [(r["ticket_id"], r["new_status"]) for r in kept] == [
+        (second, "in_progress"),
+        (third, "in_progress"),
+        (first, "resolved"),
+    ]

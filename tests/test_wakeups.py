@@ -151,8 +151,9 @@ async def test_an_older_row_taken_in_late_is_superseded(conn: asyncpg.Connection
     newer = claimed[0]["id"]
     assert older["id"] < newer
     await conn.execute(
-        "SELECT sla_daemon.finish_outbox('w', $1, '{sent}', '{SM1}', '{NULL}', '{NULL}',"
+        "SELECT sla_daemon.finish_outbox($1, $2, '{sent}', '{SM1}', '{NULL}', '{NULL}',"
         " '{NULL}', '{en}')",
+        [claimed[0]["claim_token"]],
         [newer],
     )
     await conn.execute(
