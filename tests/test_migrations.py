@@ -143,5 +143,15 @@ async def test_uninstall_removes_only_what_the_daemon_owns(conn: asyncpg.Connect
         await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'sla_daemon%'")
         == 0
     )
+    # the daemon's roles keep no grant on the platform's tables (here: the roles stay
+    # while other databases of the test cluster use them)
+    for view in ("role_table_grants", "column_privileges"):
+        assert (
+            await conn.fetchval(
+                f"SELECT count(*) FROM information_schema.{view}"
+                " WHERE grantee IN ('sla_daemon_owner', 'sla_daemon_runtime')"
+            )
+            == 0
+        )
     # and it can be installed again
     assert len(await db.migrate(conn)) == len(db.load_migrations())
