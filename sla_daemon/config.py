@@ -6,16 +6,28 @@ The database and Twilio variables keep the names operators already use
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "env_name", "load_settings"]
+__all__ = ["Settings", "SettingsError", "env_name", "load_settings", "split_host_port"]
+
+#: A claimed row is POSTed only while its lease has at least this much left.
+LEASE_MARGIN_SECONDS = 5.0
 
 
 class SettingsError(Exception):
@@ -80,6 +92,8 @@ class Settings(BaseSettings):
 
     # --- process ------------------------------------------------------------------
     shutdown_grace_seconds: float = Field(default=10.0, gt=0)
+    #: A loop failing this long, without a break, makes the daemon unhealthy.
+    unhealthy_after_seconds: float = Field(default=30.0, gt=0)
     metrics_address: str = "127.0.0.1:9108"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -124,10 +138,41 @@ class Settings(BaseSettings):
     def _metrics_address(cls, value: str) -> str:
         if value in ("", "off", "none"):
             return ""
-        _host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be host:port (port 0 picks a free one), or 'off'")
+        split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings each valid alone that cannot work together (see ``pool_needed``)."""
+        if self.pool_min_size > self.pool_max_size:
+            raise _conflict(
+                f"SLA_DAEMON_POOL_MIN_SIZE ({self.pool_min_size}) is larger than"
+                f" SLA_DAEMON_POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        if self.pool_max_size < self.pool_needed:
+            raise _conflict(
+                f"SLA_DAEMON_POOL_MAX_SIZE ({self.pool_max_size}) must be at least"
+                f" SLA_DAEMON_ESCALATION_CONCURRENCY + 3 ({self.pool_needed}): the breach"
+                " sweep holds its cursor and one connection per escalation, while the"
+                " sender and the health check need one each"
+            )
+        if self.outbox_lease_seconds <= self.send_timeout_seconds + LEASE_MARGIN_SECONDS:
+            raise _conflict(
+                f"SLA_DAEMON_OUTBOX_LEASE_SECONDS ({self.outbox_lease_seconds:g}) must exceed"
+                f" SLA_DAEMON_SEND_TIMEOUT_SECONDS ({self.send_timeout_seconds:g}) +"
+                f" {LEASE_MARGIN_SECONDS:g}: a send may never outlive its row's lease"
+            )
+        return self
+
+    @property
+    def pool_needed(self) -> int:
+        """Pool connections the loops hold at once at worst.
+
+        The timer's breach sweep keeps a cursor open (one connection) while it runs up
+        to ``escalation_concurrency`` escalations (one each); the sender must still
+        claim and record, and the health check must get one within its timeout, or a
+        long sweep starves them (with a pool of 1 the sweep deadlocks on itself)."""
+        return self.escalation_concurrency + 3
 
     @property
     def twilio_configured(self) -> bool:
@@ -139,6 +184,28 @@ class Settings(BaseSettings):
     @property
     def effective_dry_run(self) -> bool:
         return self.dry_run or not self.twilio_configured
+
+
+def _conflict(message: str) -> PydanticCustomError:
+    return PydanticCustomError("settings_conflict", message)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as (host, port); ValueError names what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port (port 0 picks a free one), [ipv6]:port, or 'off'")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{host!r}: an IPv6 address is written [address]:port")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port}")
+    return host or "127.0.0.1", int(port)
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,7 @@ from . import db, systemd
 from .aio import wait_any
 from .config import Settings
 from .escalation import EscalationService
+from .health import LoopHealth
 from .listener import Listener
 from .messages import MessageCatalog
 from .metrics import Metrics, MetricsServer
@@ -53,19 +55,23 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_ok = False
+        self._pool_read_only = False
         self._backlog = (0, 0)
+        self.loops = LoopHealth(self.metrics)
 
     def stop(self) -> None:
         """Ask the daemon to shut down (what SIGTERM does)."""
         self.stopping.set()
 
     def health(self) -> tuple[bool, str]:
+        """Healthy only while work can be done: the listener and the pool answer, the
+        pool can write, and no loop has been failing for SLA_DAEMON_UNHEALTHY_AFTER_SECONDS."""
         listener_ok = self.listener is not None and self.listener.healthy
-        ok = listener_ok and self._pool_ok and not self.stopping.is_set()
-        return (
-            ok,
-            f"listener={'ok' if listener_ok else 'down'} pool={'ok' if self._pool_ok else 'down'}",
-        )
+        pool = "down" if not self._pool_ok else "read-only" if self._pool_read_only else "ok"
+        problems = self.loops.problems(self.settings.unhealthy_after_seconds)
+        ok = listener_ok and pool == "ok" and not problems and not self.stopping.is_set()
+        detail = f"listener={'ok' if listener_ok else 'down'} pool={pool}"
+        return ok, "; ".join([detail, *problems])
 
     async def run(self, *, handle_signals: bool = True) -> int:
         s = self.settings
@@ -74,13 +80,23 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        if s.metrics_address:
+            await self._start_metrics(s.metrics_address)
+        try:
+            return await self._run(s.database_url)
+        finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+
+    async def _run(self, dsn: str) -> int:
+        s = self.settings
         catalog = MessageCatalog.load()
         if s.effective_dry_run:
             log.warning(
                 "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
                 "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
             )
-        pool = await self._connect_pool(s.database_url)
+        pool = await self._connect_pool(dsn)
         self._pool = pool
         try:
             async with pool.acquire() as conn:
@@ -95,8 +111,6 @@ class Daemon:
                 await self._serve(pool, notifications)
         finally:
             systemd.stopping()
-            if self.metrics_server is not None:
-                await self.metrics_server.close()
             if self.listener is not None:
                 await self.listener.close()
             with contextlib.suppress(Exception):
@@ -130,9 +144,6 @@ class Daemon:
         self.timer = SLATimer(
             pool, sla, escalation, safety_interval=s.safety_interval_seconds, metrics=self.metrics
         )
-        if s.metrics_address:
-            self.metrics_server = MetricsServer(self.metrics, s.metrics_address, self.health)
-            await self.metrics_server.start()
         outbox, timer = self.outbox, self.timer
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.listener.run(self.stopping))
@@ -149,6 +160,20 @@ class Daemon:
                 "running as %s (%s)", s.worker_id, "dry run" if s.effective_dry_run else "sending"
             )
 
+    async def _start_metrics(self, address: str) -> None:
+        """Serve /metrics and /healthz first: a taken port stops start-up with one line."""
+        server = MetricsServer(self.metrics, address, self.health)
+        try:
+            await server.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise DaemonError(
+                f"cannot serve /metrics and /healthz on {address}: {reason.lower()}"
+                " (another sla-daemon on this host? each needs its own"
+                " SLA_DAEMON_METRICS_ADDRESS)"
+            ) from None
+        self.metrics_server = server
+
     async def _connect_pool(self, dsn: str) -> asyncpg.Pool:
         s = self.settings
         try:
@@ -159,18 +184,34 @@ class Daemon:
             raise DaemonError(f"cannot connect to the database: {exc}") from exc
 
     async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run a loop; when the database fails under it, log, back off and start again."""
+        """Run a loop; when the database fails under it, back off and start it again.
+
+        Failures are recorded in ``self.loops`` (health, metrics, one log line per
+        cause). A restarted loop that then runs for a health interval without failing
+        counts as working again: each loop's first statement touches the database."""
         delay = 0.5
+        self.loops.started(name)
         while not self.stopping.is_set():
+            task = asyncio.ensure_future(loop())
             try:
-                await loop()
+                if self.loops.failing(name):
+                    await asyncio.wait({task}, timeout=self.settings.health_interval_seconds)
+                    if not task.done() or (not task.cancelled() and task.exception() is None):
+                        self.loops.recovered(name)
+                        delay = 0.5
+                await task
                 return
             except Exception as exc:
                 if not _only_db_errors(exc):
                     raise
-                log.warning("%s loop: database error (%s); restarting in %.1fs", name, exc, delay)
+                self.loops.failed(name, exc, delay)
                 await wait_any(self.stopping, timeout=delay)
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _watch(self, pool: asyncpg.Pool) -> None:
         """Pool health, backlog gauges, systemd WATCHDOG=1 and STATUS=, while running."""
@@ -180,17 +221,13 @@ class Daemon:
             interval = min(interval, wd)
         while not self.stopping.is_set():
             try:
-                row = await asyncio.wait_for(
-                    pool.fetchrow(db.QUERIES["outbox_backlog"]), s.health_timeout_seconds
-                )
-                assert row is not None
-                self._backlog = (row["backlog"], row["dead"])
-                self.metrics.outbox_backlog.set(row["backlog"])
-                self.metrics.outbox_dead.set(row["dead"])
+                read_only = await asyncio.wait_for(self._check_pool(pool), s.health_timeout_seconds)
                 self._pool_ok = True
+                await self._note_read_only(pool, read_only)
             except db.DB_ERRORS as exc:
                 self._pool_ok = False
                 log.warning("database pool failed its health check: %s", exc)
+            self.loops.update_metrics()
             ok, detail = self.health()
             self.metrics.healthy.set(1 if ok else 0)
             if ok:
@@ -202,6 +239,36 @@ class Daemon:
                 + (nxt.isoformat(timespec="seconds") if nxt else "none")
             )
             await wait_any(self.stopping, timeout=interval)
+
+    async def _check_pool(self, pool: asyncpg.Pool) -> bool:
+        """Backlog gauges, and whether the pool's session can write (True: read-only)."""
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(db.QUERIES["outbox_backlog"])
+            read_only: bool = await conn.fetchval(db.QUERIES["session_read_only"])
+        assert row is not None
+        self._backlog = (row["backlog"], row["dead"])
+        self.metrics.outbox_backlog.set(row["backlog"])
+        self.metrics.outbox_dead.set(row["dead"])
+        return read_only
+
+    async def _note_read_only(self, pool: asyncpg.Pool, read_only: bool) -> None:
+        """A read-only session fails every write: say so, and open new sessions.
+
+        After a failover the pool still talks to the old primary (now a standby); with
+        the connections expired, each reconnects on its next use, so a multi-host
+        DATABASE_URL with target_session_attrs=read-write finds the new primary, and a
+        database made writable again is used again."""
+        if read_only != self._pool_read_only:
+            if read_only:
+                log.error(
+                    "the database session is read-only (a standby after a failover, or"
+                    " default_transaction_read_only): writes fail; reconnecting the pool"
+                )
+            else:
+                log.info("the database session can write again")
+        self._pool_read_only = read_only
+        if read_only:
+            await pool.expire_connections()
 
     async def _purge(self, pool: asyncpg.Pool) -> None:
         """Delete finished outbox rows past retention, hourly, in small batches."""

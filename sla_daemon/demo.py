@@ -418,7 +418,7 @@ def _daemon_settings(settings: Settings, dsn: str, seconds: float, prefix: str) 
             "dry_run": True,
             "metrics_address": "",
             "pool_min_size": 1,
-            "pool_max_size": 4,
+            "pool_max_size": max(4, settings.pool_needed),
             "outbox_poll_seconds": 0.5,
             "safety_interval_seconds": max(1.0, seconds / 4),
             "health_interval_seconds": 1.0,

@@ -9,6 +9,12 @@ The connection also carries the sender's "awake" mark: a session-level advisory 
 that status-change triggers test instead of reading the wake-up flag (see migration
 0005). Being a session lock, it goes with the connection: a daemon that dies or
 loses it never leaves writers believing it awake.
+
+A peer that vanishes without closing (a crashed host, a dropped NAT entry) leaves a
+half-open TCP socket that neither side notices while idle. Keepalives are set on
+both ends of the connection: on the daemon's socket, so a dead server is noticed even
+between health checks, and on the server's (``tcp_keepalives_*``), so a dead daemon's
+session, and with it the awake mark writers trust, goes within seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping
 
 import asyncpg
@@ -24,9 +31,38 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from . import db
 from .db import QUERIES
 
-__all__ = ["Listener"]
+__all__ = ["KEEPALIVE", "Listener", "set_keepalive"]
 
 log = logging.getLogger(__name__)
+
+#: TCP keepalive: first probe after IDLE idle seconds, then every INTERVAL, the peer
+#: dead after COUNT unanswered (about 11 s); unacknowledged data gives up as soon.
+KEEPALIVE = {"idle": 5, "interval": 2, "count": 3}
+_GIVE_UP_MS = (KEEPALIVE["idle"] + KEEPALIVE["interval"] * KEEPALIVE["count"]) * 1000
+#: The same for the server's end (ignored by PostgreSQL on a Unix socket).
+SERVER_SETTINGS = {
+    "application_name": "sla-daemon",
+    "tcp_keepalives_idle": str(KEEPALIVE["idle"]),
+    "tcp_keepalives_interval": str(KEEPALIVE["interval"]),
+    "tcp_keepalives_count": str(KEEPALIVE["count"]),
+    "tcp_user_timeout": str(_GIVE_UP_MS),
+}
+
+
+def set_keepalive(sock: socket.socket | None) -> bool:
+    """Turn on short keepalives on a TCP socket; False (and nothing done) for any other."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE["idle"]),
+        ("TCP_KEEPINTVL", KEEPALIVE["interval"]),
+        ("TCP_KEEPCNT", KEEPALIVE["count"]),
+        ("TCP_USER_TIMEOUT", _GIVE_UP_MS),
+    ):
+        if hasattr(socket, option):  # Linux has all four; others fewer
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return True
 
 
 class Listener:
@@ -77,8 +113,12 @@ class Listener:
 
     async def _open(self) -> None:
         await self._close_quietly()
-        conn = await db.connect(self._dsn, command_timeout=self._health_timeout * 5)
+        conn = await db.connect(
+            self._dsn, command_timeout=self._health_timeout * 5, server_settings=SERVER_SETTINGS
+        )
         try:
+            transport = getattr(conn, "_transport", None)
+            set_keepalive(transport.get_extra_info("socket") if transport else None)
             for channel, event in self._channels.items():
                 await conn.add_listener(channel, _setter(event))
             conn.add_termination_listener(lambda _c: self._lost.set())

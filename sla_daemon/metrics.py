@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .config import split_host_port
+
 __all__ = ["Metrics", "MetricsServer"]
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,22 @@ class Metrics:
             registry=r,
         )
         self.healthy = Gauge(
-            "sla_daemon_healthy", "1 while the listener and the pool answer", registry=r
+            "sla_daemon_healthy",
+            "1 while the listener and the pool answer, the pool can write and no loop"
+            " has been failing too long",
+            registry=r,
+        )
+        self.loop_failures = Counter(
+            "sla_daemon_loop_failures",
+            "Times a loop (outbox, timer, housekeeping) failed and was restarted",
+            ["loop"],
+            registry=r,
+        )
+        self.loop_failing_seconds = Gauge(
+            "sla_daemon_loop_failing_seconds",
+            "How long a loop has been failing without a break (0: it runs)",
+            ["loop"],
+            registry=r,
         )
 
     def render(self) -> bytes:
@@ -108,9 +125,7 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, address: str, health: Callable[[], tuple[bool, str]]):
         self._metrics = metrics
-        host, _, port = address.rpartition(":")
-        self._host = host or "127.0.0.1"
-        self._port = int(port)
+        self._host, self._port = split_host_port(address)
         self._health = health
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -122,11 +137,17 @@ class MetricsServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:  # the address is taken or not ours: leave nothing behind
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("metrics and health on http://%s:%s/metrics", self._host, self.port)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        log.info("metrics and health on http://%s:%s/metrics", host, self.port)
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -197,3 +197,8 @@ LEFT JOIN public.tickets t ON t.id = o.ticket_id
 WHERE o.state = 'dead'
 ORDER BY o.id DESC
 LIMIT $1::integer;
+
+-- name: session_read_only
+-- The daemon's health check: true where this session cannot write (a database or role
+-- made read-only, a standby after a failover).
+SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery() AS read_only;

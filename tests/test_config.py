@@ -118,3 +118,43 @@ def test_field_names_work_as_keywords() -> None:
 def test_overrides_errors_name_the_variable() -> None:
     with pytest.raises(SettingsError, match="TWILIO_API_BASE_URL"):
         load_settings(twilio_api_base_url="ftp://example")
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [("127.0.0.1:9108", "127.0.0.1", 9108), ("[::1]:9109", "::1", 9109), (":0", "127.0.0.1", 0)],
+)
+def test_metrics_address_forms(value: str, host: str, port: int) -> None:
+    from sla_daemon.config import split_host_port
+
+    assert Settings(metrics_address=value).metrics_address == value
+    assert split_host_port(value) == (host, port)
+
+
+@pytest.mark.parametrize("value", ["::1:9108", "[::1:9108", "[nohost]:9108", "localhost"])
+def test_bad_metrics_address_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SLA_DAEMON_METRICS_ADDRESS", value)
+    with pytest.raises(SettingsError, match="SLA_DAEMON_METRICS_ADDRESS"):
+        load_settings()
+
+
+def test_defaults_fit_together() -> None:
+    settings = Settings()
+    assert settings.pool_max_size >= settings.pool_needed
+    assert settings.outbox_lease_seconds > settings.send_timeout_seconds + 5
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"pool_max_size": 1},  # the sweep's cursor would wait forever for an escalation
+        {"escalation_concurrency": 8},  # 8 + 3 > the default pool of 10
+        {"pool_min_size": 5, "pool_max_size": 4, "escalation_concurrency": 1},
+        {"outbox_lease_seconds": 15},  # 10 s send timeout + 5 s margin is not less
+    ],
+)
+def test_settings_that_cannot_work_together_are_refused(values: dict[str, int]) -> None:
+    with pytest.raises(SettingsError, match="SLA_DAEMON_"):
+        load_settings(**values)

@@ -229,7 +229,12 @@ async def test_sigkill_mid_burst_then_restart_loses_nothing(
 ) -> None:
     _, tns = await make_tickets(conn, 300)
     settings = daemon_settings(
-        dsn, fake, outbox_lease_seconds=2, send_rate_per_second=300, metrics_address="off"
+        dsn,
+        fake,
+        outbox_lease_seconds=6.5,  # must exceed the send timeout + 5 s
+        send_timeout_seconds=1,
+        send_rate_per_second=300,
+        metrics_address="off",
     )
     first = DaemonProcess(settings)
     await first.start()
@@ -343,7 +348,7 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
         uid,
     )
     fake.delay_next(0.01, times=300)
-    async with running(daemon_settings(dsn, fake, outbox_lease_seconds=3)) as daemon:
+    async with running(daemon_settings(dsn, fake, outbox_lease_seconds=7.5)) as daemon:
         await fake.wait_for(3)  # the escalations went out
         await conn.execute(
             "UPDATE tickets SET status = 'in_progress' WHERE tracking_number LIKE 'K-%'"
@@ -373,8 +378,7 @@ async def test_database_connections_killed_mid_burst_lose_nothing(
 async def test_finished_rows_past_retention_are_purged(conn: asyncpg.Connection, dsn: str) -> None:
     _, numbers = await make_tickets(conn, 3)
     first, second, third = [
-        await conn.fetchval("SELECT id FROM tickets WHERE tracking_number = $1", n)
-        for n in numbers
+        await conn.fetchval("SELECT id FROM tickets WHERE tracking_number = $1", n) for n in numbers
     ]
     await conn.execute("UPDATE tickets SET status = 'in_progress'")
     await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", first)

@@ -19,6 +19,7 @@ from sla_daemon.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "sla-daemon.service"
+TEMPLATE = ROOT / "packaging" / "sla-daemon@.service"
 ENV_EXAMPLE = ROOT / "packaging" / "sla-daemon.env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -105,7 +106,10 @@ def test_unit_does_not_restart_on_a_configuration_error(service: dict[str, list[
     assert service["RestartPreventExitStatus"] == [str(EX_CONFIG)]
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("source", "name"), [(UNIT, "sla-daemon"), (TEMPLATE, "sla-daemon@joburg")]
+)
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path, source: Path, name: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
@@ -113,15 +117,44 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     stand_in = tmp_path / "sla-daemon"
     stand_in.write_text("#!/bin/sh\n")
     stand_in.chmod(0o755)
-    unit = tmp_path / "sla-daemon.service"
+    unit = tmp_path / f"{name}.service"
     unit.write_text(
-        UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/sla-daemon", str(stand_in))
+        source.read_text(encoding="utf-8").replace("/usr/local/bin/sla-daemon", str(stand_in))
     )
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "sla-daemon.service" not in result.stderr, result.stderr
+    assert f"{name}.service" not in result.stderr, result.stderr
+
+
+def test_template_unit_differs_only_in_its_per_instance_files(
+    service: dict[str, list[str]],
+) -> None:
+    """Several instances on one host: each its own env file and credentials, else the
+    same hardened service (a directive added to one unit must go into both)."""
+    template = parse_unit(TEMPLATE.read_text(encoding="utf-8"))
+    assert set(template) == {"Unit", "Service", "Install"}
+    own = template["Service"]
+    assert own["EnvironmentFile"] == ["/etc/sla-daemon/%i.env"]
+    assert sorted(own["LoadCredential"]) == [
+        "DATABASE_URL:/etc/sla-daemon/%i/database-url",
+        "TWILIO_AUTH_TOKEN:/etc/sla-daemon/%i/twilio-auth-token",
+    ]
+    per_instance = {"EnvironmentFile", "LoadCredential"}
+    assert {k: v for k, v in own.items() if k not in per_instance} == {
+        k: v for k, v in service.items() if k not in per_instance
+    }
+    assert "%i" in template["Unit"]["Description"][0]
+
+
+def test_template_unit_tells_each_instance_to_take_its_own_metrics_port() -> None:
+    comments = " ".join(
+        line.lstrip("# ")
+        for line in TEMPLATE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    )
+    assert "its OWN metrics port" in comments and "SLA_DAEMON_METRICS_ADDRESS" in comments
 
 
 def _setting_env_names() -> set[str]:

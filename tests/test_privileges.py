@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +32,9 @@ def as_user(dsn: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
-async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection, dsn: str) -> None:
+@contextlib.asynccontextmanager
+async def readme_role(conn: asyncpg.Connection, dsn: str) -> AsyncIterator[str]:
+    """A login role (password 'pw') with exactly the README's grants; dropped after."""
     role = f"sla_daemon_{abs(hash(dsn)) % 10**8}"
     sql = (
         readme_grants()
@@ -40,6 +44,13 @@ async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection,
     )
     await conn.execute(sql)
     try:
+        yield role
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection, dsn: str) -> None:
+    async with readme_role(conn, dsn) as role:
         mid = await f.municipality(conn)
         manager = await f.user(conn, "0830000000")
         team = await f.team(conn, mid, manager)
@@ -55,5 +66,3 @@ async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection,
             await fake.wait_for(2)
             assert await wait_until_finished(conn) == Counter({"sent": 2})
         assert await conn.fetchval("SELECT count(*) FROM tickets WHERE status = 'escalated'") == 1
-    finally:
-        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
