@@ -178,9 +178,11 @@ CREATE FUNCTION public.lookalike_agg(s uuid[], v uuid) RETURNS uuid[] LANGUAGE s
     AS $$ SELECT public.note('array_agg(uuid)'); SELECT s || v $$;
 CREATE AGGREGATE public.array_agg(uuid) (sfunc = public.lookalike_agg, stype = uuid[]);
 CREATE FUNCTION public.jsonb_build_object(text, text, text, uuid, text, uuid, text, text)
-    RETURNS jsonb LANGUAGE sql AS $$ SELECT public.note('jsonb_build_object/8'); SELECT '{}'::jsonb $$;
+    RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT public.note('jsonb_build_object/8'); SELECT '{}'::jsonb $$;
 CREATE FUNCTION public.jsonb_build_object(text, text, text, timestamptz)
-    RETURNS jsonb LANGUAGE sql AS $$ SELECT public.note('jsonb_build_object/4'); SELECT '{}'::jsonb $$;
+    RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT public.note('jsonb_build_object/4'); SELECT '{}'::jsonb $$;
 CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql
     AS $$ SELECT public.note('format'); SELECT $1 || $2 $$;
 CREATE FUNCTION public.power(integer, integer) RETURNS double precision LANGUAGE sql
