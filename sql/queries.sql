@@ -185,3 +185,16 @@ LEFT JOIN public.tickets t ON t.id = o.ticket_id
 WHERE o.state = 'dead'
 ORDER BY o.id DESC
 LIMIT $1::integer;
+
+-- name: purge_events
+-- Warning and escalation events past retention, a batch at a time. Events of tickets
+-- still open or in progress stay: a warning's event is what keeps it from being given
+-- twice while its deadline is live.
+WITH old AS (
+    SELECT e.id FROM sla_daemon.events e
+    WHERE e.created_at < now() - $1::float8 * interval '1 day'
+      AND NOT EXISTS (SELECT 1 FROM public.tickets t
+                      WHERE t.id = e.ticket_id AND t.status IN ('open', 'in_progress'))
+    LIMIT $2
+)
+DELETE FROM sla_daemon.events e USING old WHERE e.id = old.id;
