@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 __all__ = [
     "Settings",
@@ -180,6 +181,14 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
             _secrets_dir=secrets_dir if secrets_dir and Path(secrets_dir).is_dir() else None,
             **overrides,
         )
+    except PydanticSettingsError as exc:
+        # A complex field (JSON) that does not parse fails before validation; the message
+        # names the field, its cause may quote the value: only the name is used.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(field.group(1)) if field else "a JSON setting"
+        raise SettingsError(
+            f'invalid setting: {name}: not valid JSON (e.g. {{"resolved:zu": "HX..."}})'
+        ) from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors():

@@ -474,3 +474,13 @@ async def test_twilio_over_http_off_loopback_is_refused_in_one_line(dsn: str) ->
         assert result.code == 78, result.text
         (line,) = result.err.splitlines()
         assert line.startswith("sla-daemon: invalid setting: TWILIO_API_BASE_URL: must be https")
+
+
+async def test_a_setting_that_is_not_json_is_one_line_and_exit_78(dsn: str) -> None:
+    env = cli_env(dsn, SLA_DAEMON_TWILIO_CONTENT_SIDS="{Qz7x")
+    for args in (("run",), ("check",)):
+        result = await cli(*args, env=env, timeout=30)
+        assert result.code == 78, result.text
+        (line,) = result.err.splitlines()
+        assert "SLA_DAEMON_TWILIO_CONTENT_SIDS: not valid JSON" in line
+        assert "Qz7x" not in line and "Traceback" not in result.text

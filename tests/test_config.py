@@ -21,6 +21,7 @@ _VARIABLES = (
     "SLA_DAEMON_SEND_RATE_PER_SECOND",
     "SLA_DAEMON_EVENT_RETENTION_DAYS",
     "PGSSLROOTCERT",
+    "SLA_DAEMON_TWILIO_CONTENT_SIDS",
 )
 
 
@@ -314,3 +315,21 @@ dI8uB9qtBo3P/P6syAS8Glyh5HMCIQD5VsNIekko64kGtDmCf8UV2eYY7ytaoaWk
 VQBOnIL/kA==
 -----END CERTIFICATE-----
 """
+
+
+@pytest.mark.parametrize("source", ["environment", "credentials"])
+def test_unparsable_json_setting_is_a_settings_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    """pydantic-settings fails before validation for a complex field: no traceback either."""
+    if source == "environment":
+        monkeypatch.setenv("SLA_DAEMON_TWILIO_CONTENT_SIDS", "{Qz7x")
+    else:
+        (tmp_path / "SLA_DAEMON_TWILIO_CONTENT_SIDS").write_text("{Qz7x", encoding="utf-8")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "invalid setting: SLA_DAEMON_TWILIO_CONTENT_SIDS: not valid JSON"
+        ' (e.g. {"resolved:zu": "HX..."})'
+    )
