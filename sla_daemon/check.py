@@ -98,11 +98,13 @@ def describe_target(dsn: str) -> str:
 
 
 def _scrub_password(text: str, dsn: str) -> str:
+    """``text`` without the password of ``dsn`` (from its user part or ``password=``)."""
     try:
-        password = urlsplit(dsn).password
+        parts = urlsplit(dsn)
+        passwords = [parts.password, *parse_qs(parts.query).get("password", [])]
     except ValueError:
-        password = None
-    if password:
+        passwords = []
+    for password in filter(None, passwords):
         text = text.replace(password, "***").replace(unquote(password), "***")
     return text
 
@@ -136,7 +138,12 @@ def explain_connect_error(exc: BaseException, dsn: str, timeout: float) -> Datab
     elif isinstance(exc, asyncpg.PostgresError):
         message = f"{target}: {type(exc).__name__}: {exc}"
     elif isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
-        message = f"DATABASE_URL is not a usable PostgreSQL URL: {exc}"
+        # Not the parser's text: it quotes the piece it could not use, which may be the
+        # password's start when an unencoded character cut the URL there.
+        message = (
+            "DATABASE_URL is not a usable PostgreSQL URL (asyncpg refused it); "
+            "percent-encode / # ? @ : % in the user name and password"
+        )
         code = EX_CONFIG
     elif isinstance(exc, OSError):
         message = f"cannot connect to {target}: {exc.strerror or exc}"

@@ -18,7 +18,14 @@ import asyncpg
 import click
 
 from . import aio, db
-from .check import DEFAULT_TIMEOUT, EX_CONFIG, EX_UNAVAILABLE, DatabaseUnavailable, connect
+from .check import (
+    DEFAULT_TIMEOUT,
+    EX_CONFIG,
+    EX_UNAVAILABLE,
+    DatabaseUnavailable,
+    connect,
+    explain_connect_error,
+)
 from .config import Settings, SettingsError, load_settings
 from .logs import setup_logging
 
@@ -55,6 +62,10 @@ def _database_url(settings: Settings) -> str:
 
 class _SchemaNotCurrent(Exception):
     pass
+
+
+async def _nothing(_conn: asyncpg.Connection) -> None:
+    """The work of a connection made only to see that it can be made."""
 
 
 def _with_connection(
@@ -117,9 +128,8 @@ def main(ctx: click.Context, env_file: str | None) -> None:
     """SLA deadlines, escalation and WhatsApp status notifications for service-desk tickets."""
     ctx.ensure_object(dict)
     ctx.obj["env_file"] = env_file
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Escaping formatter from the start, before the settings (and their log format) load.
+    setup_logging()
 
 
 @main.command()
@@ -145,14 +155,19 @@ def run(ctx: click.Context, apply_migrations: bool) -> None:
     from .daemon import Daemon, DaemonError
 
     settings = _settings(ctx)
-    _database_url(settings)
+    dsn = _database_url(settings)
     if apply_migrations:
         _with_connection(
             settings, db.migrate, timeout=30, require_schema=False, command_timeout=None
         )
+    # Reachable and current, explained in one line (69 or 78) before the daemon starts.
+    _with_connection(settings, _nothing, timeout=30)
     try:
         code = aio.run(Daemon(settings).run())
     except DaemonError as exc:
+        if isinstance(exc.__cause__, Exception):  # the database failed between the two
+            explained = explain_connect_error(exc.__cause__, dsn, 30)
+            _fail(str(explained), explained.code)
         _fail(str(exc), EX_UNAVAILABLE)
     sys.exit(code)
 

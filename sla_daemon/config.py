@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -23,8 +26,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
-__all__ = ["Settings", "SettingsError", "env_name", "load_settings", "split_host_port"]
+__all__ = [
+    "LEASE_MARGIN_SECONDS",
+    "Settings",
+    "SettingsError",
+    "check_database_url",
+    "env_name",
+    "load_settings",
+    "redact_url",
+    "split_host_port",
+]
 
 #: A claimed row is POSTed only while its lease has at least this much left.
 LEASE_MARGIN_SECONDS = 5.0
@@ -45,8 +58,11 @@ class Settings(BaseSettings):
     )
 
     # --- database -------------------------------------------------------------
+    #: Validated by :func:`check_database_url`; shown only through :func:`redact_url`.
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("DATABASE_URL", "SLA_DAEMON_DATABASE_URL")
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "SLA_DAEMON_DATABASE_URL"),
+        repr=False,
     )
     pool_min_size: int = Field(default=2, ge=1, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=200)
@@ -77,6 +93,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=12, ge=1)
     #: Finished (sent, superseded, dry-run) outbox rows are deleted after this; 0 keeps all.
     outbox_retention_days: float = Field(default=30.0, ge=0)
+    #: Warning and escalation events are deleted after this (those of tickets still open
+    #: or in progress stay: they mark a warning as given); 0 keeps all.
+    event_retention_days: float = Field(default=365.0, ge=0)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
 
@@ -120,17 +139,28 @@ class Settings(BaseSettings):
     @field_validator("twilio_api_base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        """https only, but for a fake on this machine: the auth token goes in every request."""
+        try:
+            parts = urlsplit(value.strip())
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError("must be https://host[:port]")
+        if parts.scheme == "http" and not _is_loopback(host):
+            raise ValueError(
+                "must be https:// (over http:// the auth token would cross the network in "
+                "clear); http:// is allowed only for a loopback host: 127.0.0.1, ::1, localhost"
+            )
+        return value.strip().rstrip("/")
 
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not value.startswith(("postgres://", "postgresql://")):
-            raise ValueError("must be a postgresql:// URL")
+        value = value.strip()
+        check_database_url(value)
         return value
 
     @field_validator("metrics_address")
@@ -173,6 +203,12 @@ class Settings(BaseSettings):
         claim and record, and the health check must get one within its timeout, or a
         long sweep starves them (with a pool of 1 the sweep deadlocks on itself)."""
         return self.escalation_concurrency + 3
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The usual fields, and the database URL with its password masked."""
+        yield from super().__repr_args__()
+        if self.database_url is not None:
+            yield "database_url", redact_url(self.database_url)
 
     @property
     def twilio_configured(self) -> bool:
@@ -217,11 +253,20 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
             _secrets_dir=secrets_dir if secrets_dir and Path(secrets_dir).is_dir() else None,
             **overrides,
         )
+    except PydanticSettingsError as exc:
+        # A complex field (JSON) that does not parse fails before validation; the message
+        # names the field, its cause may quote the value: only the name is used.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(field.group(1)) if field else "a JSON setting"
+        raise SettingsError(
+            f'invalid setting: {name}: not valid JSON (e.g. {{"resolved:zu": "HX..."}})'
+        ) from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
             name = env_name(str(error["loc"][0])) if error["loc"] else "settings"
-            lines.append(f"{name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {message}")
         raise SettingsError("invalid setting: " + "; ".join(lines)) from None
 
 
@@ -239,3 +284,117 @@ def env_name(field: str) -> str:
     if field.isupper():
         return field
     return _UNPREFIXED.get(field, f"SLA_DAEMON_{field.upper()}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- DATABASE_URL ---------------------------------------------------------------------------
+#
+# asyncpg splits a URL with urllib and never says which part of it it could not use; its
+# errors quote the part (``invalid literal for int() with base 10: '<password start>'``).
+# A password holding / # ? or @ cuts the URL in the wrong place, so the password ends up
+# as a port, a host, a database name or a query. These checks reject every such cut
+# before asyncpg sees the URL, and their messages quote nothing from it.
+
+_PERCENT_ENCODING = (
+    "write it as postgresql://user:password@host:port/database?parameter=value, with "
+    "these characters in the user name and password percent-encoded: "
+    "/ as %2F, # as %23, ? as %3F, @ as %40, : as %3A, % as %25 "
+    "(Python: urllib.parse.quote(password, safe=''))"
+)
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+_FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
+_HOSTSPEC = re.compile(r"(?:\[[^\]/]+\]|[^\[\]:/,]+)(?::(\d*))?")
+
+
+class _Unusable(ValueError):
+    """DATABASE_URL is cut in a place that suggests an unencoded character."""
+
+
+def check_database_url(url: str) -> None:
+    """Raise ValueError saying what is wrong with ``url``, in words that never quote it."""
+    try:
+        _check_database_url(url)
+    except _Unusable as exc:
+        raise ValueError(f"not a usable postgresql:// URL ({exc}); {_PERCENT_ENCODING}") from None
+
+
+def _check_database_url(url: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Unusable("it does not parse as a URL") from None
+    if "#" in url:
+        raise _Unusable("a '#' ends it early")
+    netloc = parts.netloc
+    if netloc.count("@") > 1:
+        raise _Unusable("it holds more than one '@'")
+    if "@" not in netloc and "@" in rest[len(netloc) :]:
+        raise _Unusable("an '@' follows a '/' or '?'")
+    hostspec = netloc.rpartition("@")[2]
+    if hostspec:
+        for host in hostspec.split(","):
+            match = _HOSTSPEC.fullmatch(host)
+            if match is None:
+                raise _Unusable("a host is empty or holds a ':' not followed by a port number")
+            if match.group(1) and not 0 < int(match.group(1)) < 65536:
+                raise _Unusable("a port is not a number from 1 to 65535")
+    if "/" in parts.path[1:]:
+        raise _Unusable("the database name holds a '/'")
+    try:
+        query = parse_qs(parts.query, strict_parsing=True) if parts.query else {}
+    except ValueError:
+        raise _Unusable("the part after '?' is not name=value pairs joined by '&'") from None
+    _check_parameters({name: values[-1] for name, values in query.items()})
+
+
+def _check_parameters(query: dict[str, str]) -> None:
+    """The parameters asyncpg would otherwise reject only when it connects."""
+    sslmode = query.get("sslmode", "prefer")
+    if sslmode not in _SSLMODES:
+        raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+    attrs = query.get("target_session_attrs", "any")
+    if attrs not in _SESSION_ATTRS:
+        raise ValueError(f"target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}")
+    for port in filter(None, query.get("port", "").split(",")):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("port must be a number from 1 to 65535")
+    for name in _FILE_PARAMETERS:
+        path = query.get(name)
+        if path and not Path(path).expanduser().is_file():
+            raise ValueError(f"{name} file {path} does not exist")
+    if sslmode.startswith("verify-") and "sslrootcert" not in query:
+        default = Path("~/.postgresql/root.crt").expanduser()
+        if not os.environ.get("PGSSLROOTCERT") and not default.is_file():
+            raise ValueError(
+                f"sslmode={sslmode} needs the CA certificate: add sslrootcert=/path/ca.pem"
+            )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (before the '@', or ``password=``) shown as ``***``."""
+    try:
+        check_database_url(url)
+    except ValueError:
+        return "(DATABASE_URL, unparsable: not shown)"
+    parts = urlsplit(url)
+    userinfo, at, hostspec = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    query = "&".join(
+        "password=***" if pair.partition("=")[0] == "password" else pair
+        for pair in parts.query.split("&")
+    )
+    netloc = f"{userinfo}{at}{hostspec}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))

@@ -152,7 +152,7 @@ class Daemon:
             )
             tg.create_task(self._resilient("timer", lambda: timer.run(timer_wake, self.stopping)))
             tg.create_task(self._watch(pool))
-            if s.outbox_retention_days > 0:
+            if s.outbox_retention_days > 0 or s.event_retention_days > 0:
                 tg.create_task(self._resilient("housekeeping", lambda: self._purge(pool)))
             self.ready.set()
             systemd.ready()
@@ -271,18 +271,20 @@ class Daemon:
             await pool.expire_connections()
 
     async def _purge(self, pool: asyncpg.Pool) -> None:
-        """Delete finished outbox rows past retention, hourly, in small batches."""
-        days = self.settings.outbox_retention_days
+        """Delete finished outbox rows and old events past retention, hourly, in batches."""
+        s = self.settings
+        retention = {"purge_outbox": s.outbox_retention_days}
+        retention["purge_events"] = s.event_retention_days
         while not self.stopping.is_set():
-            total = 0
-            while not self.stopping.is_set():
-                status = await pool.execute(db.QUERIES["purge_outbox"], days, 5000)
-                deleted = int(status.rpartition(" ")[2])
-                total += deleted
-                if deleted < 5000:
-                    break
-            if total:
-                log.info("deleted %d finished outbox rows older than %g days", total, days)
+            for query, days in retention.items():
+                total = 0
+                while days > 0 and not self.stopping.is_set():
+                    deleted = await pool.fetchval(db.QUERIES[query], days, 5000)
+                    total += deleted
+                    if deleted < 5000:
+                        break
+                if total:
+                    log.info("%s: deleted %d rows older than %g days", query, total, days)
             await wait_any(self.stopping, timeout=3600)
 
     def _on_signal(self, sig: signal.Signals) -> None:

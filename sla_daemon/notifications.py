@@ -243,13 +243,11 @@ class NotificationService:
             )
         content_sid = self._settings.twilio_content_sids.get(template_key)
         if self.dry_run:
+            # The body is the citizen's message: whole only at DEBUG.
             self._log.info(
-                "dry run: would send %s for %s to %s: %s",
-                template_key,
-                tracking_number,
-                mask_phone(to),
-                body,
+                "dry run: would send %s for %s to %s", template_key, tracking_number, mask_phone(to)
             )
+            self._log.debug("dry run: the text for %s: %s", tracking_number, body)
             return SendResult("dry_run", body=body, language=lang, content_sid=content_sid)
         if self._client is None:
             raise RuntimeError("NotificationService.start() was not called")

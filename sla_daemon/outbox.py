@@ -27,7 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from .aio import wait_any
-from .config import Settings
+from .config import LEASE_MARGIN_SECONDS, Settings
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .notifications import Guard, NotificationService, SendResult
@@ -35,11 +35,6 @@ from .notifications import Guard, NotificationService, SendResult
 __all__ = ["OutboxProcessor", "OutboxRow", "retry_delay"]
 
 log = logging.getLogger(__name__)
-
-
-#: A POST may start only while the lease has at least send timeout + this left, so
-#: once a lease runs out no POST of that claim can still be under way.
-LEASE_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

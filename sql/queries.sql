@@ -101,8 +101,10 @@ WITH old AS (
       AND o.finished_at < now() - $1::float8 * interval '1 day'
       AND EXISTS (SELECT 1 FROM sla_daemon.outbox n WHERE n.ticket_id = o.ticket_id AND n.id > o.id)
     LIMIT $2
+), gone AS (
+    DELETE FROM sla_daemon.outbox o USING old WHERE o.id = old.id RETURNING 1
 )
-DELETE FROM sla_daemon.outbox o USING old WHERE o.id = old.id;
+SELECT count(*)::integer AS deleted FROM gone;
 
 -- name: check_server
 -- (this and the queries below serve the command line: check, report, outbox)
@@ -202,3 +204,9 @@ LIMIT $1::integer;
 -- The daemon's health check: true where this session cannot write (a database or role
 -- made read-only, a standby after a failover).
 SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery() AS read_only;
+-- name: purge_events
+-- Warning and escalation events past retention, a batch at a time, through a function
+-- of the schema's owner: the daemon's role may not delete from the event log itself.
+-- Events of tickets still open or in progress stay (a warning's event is what keeps it
+-- from being given twice while its deadline is live).
+SELECT sla_daemon.purge_events($1::float8, $2::integer) AS deleted;

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import asyncpg
 import click
+import pytest
 from click.testing import CliRunner
 
 from sla_daemon.cli import main
@@ -389,10 +391,96 @@ def test_connection_errors_are_explained_without_the_password() -> None:
         ),
         (TimeoutError(), "no answer within 5s from db.example:6543", EX_UNAVAILABLE),
         (ValueError("invalid port s3cret"), "not a usable PostgreSQL URL", EX_CONFIG),
+        # a parser's text may quote part of the password: never shown
+        (ValueError("invalid literal for int() with base 10: 's3c'"), "percent-encod", EX_CONFIG),
         (OSError(113, "No route to host"), "No route to host", EX_UNAVAILABLE),
     ]
     for exc, expected, code in cases:
         error = explain_connect_error(exc, url, 5)
         assert expected in str(error) and error.code == code, str(error)
-        assert "s3cret" not in str(error)
+        assert "s3c" not in str(error)
         assert "database platform as sla" in str(error) or code == EX_CONFIG
+
+
+# --- settings and failures that must not leak or trace back ---------------------------------
+
+#: Generated passwords hold the characters that cut a URL. Each fragment between them is
+#: what the parsers used to quote (as a port, a host, a query), so none may appear.
+LEAKY_PASSWORDS = {
+    "p/ss#w?rd": ("p/ss", "ss#w", "w?rd", "#w?", "invalid literal"),
+    "Qz7x/Vk9t#Wp4j?Rh2y@Bn5m": ("Qz7x", "Vk9t", "Wp4j", "Rh2y", "Bn5m"),
+}
+EVERY_COMMAND = (
+    ("run",),
+    ("run", "--migrate"),
+    ("check",),
+    ("migrate",),
+    ("report",),
+    ("outbox", "list-dead"),
+    ("outbox", "retry-dead", "--yes"),
+    ("demo",),
+)
+
+
+def assert_no_leak(result: Result, fragments: tuple[str, ...]) -> None:
+    assert "Traceback" not in result.text, result.text
+    for fragment in fragments:
+        assert fragment not in result.text, (fragment, result.text)
+
+
+@pytest.mark.parametrize("password", sorted(LEAKY_PASSWORDS))
+async def test_an_unencoded_password_is_one_line_and_exit_78_in_every_command(
+    password: str,
+) -> None:
+    url = f"postgresql://sla:{password}@127.0.0.1:{closed_port()}/sla"
+    for args in EVERY_COMMAND:
+        result = await cli(*args, env=cli_env(url), timeout=30)
+        assert result.code == 78, (args, result.text)
+        assert_no_leak(result, LEAKY_PASSWORDS[password])
+        assert result.out == "", (args, result.out)
+        (line,) = result.err.splitlines()
+        assert line.startswith("sla-daemon: invalid setting: DATABASE_URL: "), line
+        for encoded in ("/ as %2F", "# as %23", "? as %3F", "@ as %40"):
+            assert encoded in line, line
+
+
+async def test_an_unreachable_database_is_one_line_and_exit_69_in_every_command() -> None:
+    password = "Qz7x/Vk9t#Wp4j?Rh2y@Bn5m"
+    encoded = quote(password, safe="")
+    url = f"postgresql://sla:{encoded}@127.0.0.1:{closed_port()}/sla"
+    for args in EVERY_COMMAND[:-1]:  # the demo on a database it cannot reach: test_demo
+        result = await cli(*args, env=cli_env(url), timeout=60)
+        assert result.code == 69, (args, result.text)
+        assert_no_leak(result, (*LEAKY_PASSWORDS[password], encoded))
+        if args == ("check",):
+            assert lines_by_check(result.out)["database"] == "FAIL"
+            continue
+        assert result.out == "", (args, result.out)
+        (line,) = result.err.splitlines()
+        assert line.startswith("sla-daemon: connection refused by 127.0.0.1:"), (args, line)
+
+
+async def test_run_on_an_unmigrated_database_is_one_line_and_exit_78(empty_dsn: str) -> None:
+    result = await cli("run", env=cli_env(empty_dsn), timeout=60)
+    assert result.code == 78, result.text
+    (line,) = result.err.splitlines()
+    assert "sla-daemon migrate" in line and "Traceback" not in result.text
+
+
+async def test_twilio_over_http_off_loopback_is_refused_in_one_line(dsn: str) -> None:
+    for args in (("run",), ("check",)):
+        env = cli_env(dsn, TWILIO_API_BASE_URL="http://api.twilio.com")
+        result = await cli(*args, env=env, timeout=30)
+        assert result.code == 78, result.text
+        (line,) = result.err.splitlines()
+        assert line.startswith("sla-daemon: invalid setting: TWILIO_API_BASE_URL: must be https")
+
+
+async def test_a_setting_that_is_not_json_is_one_line_and_exit_78(dsn: str) -> None:
+    env = cli_env(dsn, SLA_DAEMON_TWILIO_CONTENT_SIDS="{Qz7x")
+    for args in (("run",), ("check",)):
+        result = await cli(*args, env=env, timeout=30)
+        assert result.code == 78, result.text
+        (line,) = result.err.splitlines()
+        assert "SLA_DAEMON_TWILIO_CONTENT_SIDS: not valid JSON" in line
+        assert "Qz7x" not in line and "Traceback" not in result.text

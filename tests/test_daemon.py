@@ -410,3 +410,38 @@ async def test_finished_rows_past_retention_are_purged(conn: asyncpg.Connection,
         (third, "in_progress"),
         (first, "resolved"),
     ]
+
+
+async def test_events_past_retention_are_purged_but_live_tickets_keep_theirs(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """Warnings and escalations go after SLA_DAEMON_EVENT_RETENTION_DAYS (outbox retention
+    off here), except those of tickets still open or in progress: a warning's event is
+    what keeps it from being given twice."""
+    await make_tickets(conn, 3)
+    done, live, fresh = await conn.fetch("SELECT id FROM tickets ORDER BY tracking_number")
+    await conn.execute(
+        "UPDATE tickets SET status = 'resolved' WHERE id = ANY($1)", [done["id"], fresh["id"]]
+    )
+    old = "now() - interval '400 days'"
+    await conn.execute(
+        "INSERT INTO sla_daemon.events (ticket_id, kind, deadline_kind, created_at) VALUES"
+        f" ($1, 'escalation', 'response', {old}),"  # resolved ticket, old: goes
+        f" ($1, 'warning', 'response', {old}),"  # resolved ticket, old: goes
+        f" (gen_random_uuid(), 'warning', 'response', {old}),"  # ticket deleted, old: goes
+        f" ($2, 'warning', 'resolution', {old}),"  # live ticket: stays
+        " ($3, 'escalation', 'response', now() - interval '10 days')",  # recent: stays
+        done["id"],
+        live["id"],
+        fresh["id"],
+    )
+    settings = daemon_settings(dsn, None, outbox_retention_days=0, event_retention_days=365)
+    async with running(settings):
+        await eventually(
+            lambda: conn.fetchval("SELECT count(*) = 2 FROM sla_daemon.events"), what="purge"
+        )
+    kept = await conn.fetch("SELECT ticket_id, kind FROM sla_daemon.events ORDER BY kind")
+    assert [(r["ticket_id"], r["kind"]) for r in kept] == [
+        (fresh["id"], "escalation"),
+        (live["id"], "warning"),
+    ]

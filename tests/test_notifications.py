@@ -339,3 +339,22 @@ async def test_close_is_idempotent(fake: FakeTwilio, catalog: MessageCatalog) ->
 )
 def test_classify_failure(status: int | None, code: int | None, outcome: str) -> None:
     assert classify_failure(status, code) == outcome
+
+
+async def test_dry_run_logs_the_body_only_at_debug(
+    fake: FakeTwilio, catalog: MessageCatalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body is a citizen's message: INFO keeps one line without it, DEBUG shows it."""
+    body = catalog.render_status("resolved", "zu", TRACKING)
+    with caplog.at_level(logging.INFO, logger="sla_daemon.notifications"):
+        async with service(fake, catalog, dry_run=True) as notifier:
+            await notifier.send_status_update(PHONE, TRACKING, "resolved", "zu")
+    (info,) = caplog.records
+    assert info.levelno == logging.INFO and TRACKING in info.getMessage()
+    assert body not in caplog.text and "+27*****4567" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="sla_daemon.notifications"):
+        async with service(fake, catalog, dry_run=True) as notifier:
+            await notifier.send_status_update(PHONE, TRACKING, "resolved", "zu")
+    assert [r.levelno for r in caplog.records if body in r.getMessage()] == [logging.DEBUG]
+    assert "821234567" not in caplog.text

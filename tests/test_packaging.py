@@ -22,6 +22,14 @@ UNIT = ROOT / "packaging" / "sla-daemon.service"
 TEMPLATE = ROOT / "packaging" / "sla-daemon@.service"
 ENV_EXAMPLE = ROOT / "packaging" / "sla-daemon.env.example"
 DOCKERFILE = ROOT / "Dockerfile"
+README = ROOT / "README.md"
+#: Lock file -> the command that regenerates it (in its header and in the README).
+LOCKS = {
+    "requirements.lock": "uv pip compile pyproject.toml --generate-hashes --python-version 3.11"
+    " --python-platform linux -o requirements.lock",
+    "requirements-build.lock": "uv pip compile requirements-build.in --generate-hashes"
+    " --python-version 3.11 --python-platform linux -o requirements-build.lock",
+}
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -200,10 +208,21 @@ def test_dockerfile() -> None:
     for keyword, rest in instructions:
         by_keyword.setdefault(keyword, []).append(rest)
 
-    assert "ARG" in by_keyword and "PYTHON_IMAGE=python:3.11-slim" in by_keyword["ARG"]
+    # The base image by digest (a tag can be re-pointed), its tag beside it for readers.
+    (image,) = [arg for arg in by_keyword["ARG"] if arg.startswith("PYTHON_IMAGE=")]
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", image)
     assert by_keyword["FROM"] == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
-    assert any("pip wheel" in run for run in by_keyword["RUN"])
-    assert any("--no-index" in run and "from=builder" in run for run in by_keyword["RUN"])
+    runs = by_keyword["RUN"]
+    # The wheel is built with locked, hash-checked build tools, without build isolation...
+    assert any("--require-hashes -r requirements-build.lock" in run for run in runs)
+    assert any("pip wheel --no-build-isolation --no-deps" in run for run in runs)
+    # ...and the image gets the locked dependencies, hash-checked, then the wheel alone.
+    (install,) = [run for run in runs if "from=builder" in run]
+    assert "pip install --require-hashes --only-binary=:all: -r /wheels/requirements.lock" in (
+        install
+    )
+    assert "pip install --no-index --no-deps /wheels/sla_daemon-" in install
+    assert not re.search(r"pip install (?!.*--require-hashes)(?!.*--no-deps)", install)
     assert by_keyword["USER"] == ["10001:10001"]
     # Exec form, so the daemon itself is PID 1 and receives SIGTERM.
     assert json.loads(by_keyword["ENTRYPOINT"][0]) == ["sla-daemon"]
@@ -230,7 +249,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for needed in ("pyproject.toml", "README.md", "sla_daemon", "sql"):
+    for needed in ("pyproject.toml", "README.md", "sla_daemon", "sql", *LOCKS):
         assert needed not in ignored
     assert {".git", ".venv", "tests"} <= ignored
 
@@ -272,3 +291,56 @@ def test_wheel_has_the_console_script(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = wheel.read(entry_points).decode()
     assert re.search(r"^sla-daemon\s*=\s*sla_daemon\.cli:main$", text, re.M), text
+
+
+_PIN = re.compile(r"([a-z0-9][a-z0-9._-]*)==(\S+)((?:\s*\\\s*--hash=sha256:[0-9a-f]{64})+)\s*$")
+
+
+def _locked(name: str) -> dict[str, tuple[str, list[str]]]:
+    """A hash lock file as {package: (version, [sha256 hashes])}."""
+    text = (ROOT / name).read_text(encoding="utf-8")
+    locked: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.split(r"\n(?=[a-z0-9])", re.sub(r"(?m)^\s*#.*\n?", "", text).strip()):
+        match = _PIN.match(entry)
+        assert match, f"{name}: not an exact pin with hashes: {entry!r}"
+        locked[match.group(1)] = (match.group(2), re.findall(r"[0-9a-f]{64}", match.group(3)))
+    return locked
+
+
+@pytest.mark.parametrize("name", sorted(LOCKS))
+def test_lock_files_pin_every_package_with_hashes_and_say_how_to_regenerate(name: str) -> None:
+    header = (ROOT / name).read_text(encoding="utf-8").splitlines()[:2]
+    assert header[1].strip("# ") == LOCKS[name], header
+    assert LOCKS[name] in README.read_text(encoding="utf-8")
+    assert all(hashes for _version, hashes in _locked(name).values())
+
+
+@pytest.mark.parametrize(
+    ("name", "requirements"),
+    [
+        ("requirements.lock", "dependencies"),
+        ("requirements-build.lock", "build-system"),
+    ],
+)
+def test_lock_files_satisfy_pyproject(name: str, requirements: str) -> None:
+    """A dependency added to (or tightened in) pyproject.toml needs the lock regenerated."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = (
+        project["project"]["dependencies"]
+        if requirements == "dependencies"
+        else project["build-system"]["requires"]
+    )
+    locked = {canonicalize_name(k): v for k, v in _locked(name).items()}
+    for line in wanted:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"sys_platform": "linux"}):
+            continue
+        name_ = canonicalize_name(requirement.name)
+        assert name_ in locked, f"{requirement.name} is not in {name}: regenerate it"
+        version = locked[name_][0]
+        assert requirement.specifier.contains(version), f"{name}: {name_}=={version} vs {line}"

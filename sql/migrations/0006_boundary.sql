@@ -543,14 +543,16 @@ $$;
 
 -- Event log retention, run by the daemon's housekeeping: the daemon's role may not
 -- DELETE from the event log, only call this, which deletes events older than
--- p_days days, at most p_limit of them.
+-- p_days days, at most p_limit of them, except those of tickets still open or in
+-- progress (a warning's event keeps it from being given twice while its deadline lives).
 CREATE FUNCTION sla_daemon.purge_events(p_days double precision, p_limit integer)
 RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH old AS (
         SELECT e.id FROM sla_daemon.events e
         WHERE p_days > 0 AND e.created_at < now() - p_days * interval '1 day'
-        ORDER BY e.created_at
+          AND NOT EXISTS (SELECT 1 FROM public.tickets t
+                          WHERE t.id = e.ticket_id AND t.status IN ('open', 'in_progress'))
         LIMIT greatest(p_limit, 0)
     ), gone AS (
         DELETE FROM sla_daemon.events e USING old WHERE e.id = old.id RETURNING 1
