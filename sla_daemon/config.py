@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # --- SLA timer ----------------------------------------------------------------
     safety_interval_seconds: float = Field(default=60.0, gt=0)
     escalation_concurrency: int = Field(default=4, ge=1, le=64)
+    #: Tickets escalated per transaction, each under its own lock, re-check and
+    #: subtransaction (one commit for many: the sweep of thousands is WAL-bound).
+    escalation_batch_size: int = Field(default=20, ge=1, le=1000)
     breach_batch_size: int = Field(default=500, ge=1)
 
     # --- listener -----------------------------------------------------------------

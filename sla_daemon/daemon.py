@@ -138,7 +138,10 @@ class Daemon:
             raise
         sla = SLAService(pool, batch_size=s.breach_batch_size)
         escalation = EscalationService(
-            pool, concurrency=s.escalation_concurrency, metrics=self.metrics
+            pool,
+            concurrency=s.escalation_concurrency,
+            batch_size=s.escalation_batch_size,
+            metrics=self.metrics,
         )
         self.outbox = OutboxProcessor(pool, notifications, s, self.metrics, awake=self.listener)
         self.timer = SLATimer(

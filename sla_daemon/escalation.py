@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 class EscalationResult:
     ticket_id: UUID
     escalated: bool
-    #: escalated, escalated_without_manager, locked, not_found, not_breached or failed.
+    #: escalated, escalated_without_manager, not_found, not_breached, or (not escalated,
+    #: retried on the ticket's own backoff) locked, lock_timeout, failed.
     outcome: str
     breach_type: str | None
     manager_id: UUID | None
@@ -44,10 +46,16 @@ class EscalationResult:
 
 class EscalationService:
     def __init__(
-        self, pool: asyncpg.Pool, *, concurrency: int = 4, metrics: Metrics | None = None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        concurrency: int = 4,
+        batch_size: int = 20,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._concurrency = concurrency
+        self._batch_size = batch_size
         self._metrics = metrics
 
     async def escalate(self, ticket_id: UUID, reason: str | None = None) -> EscalationResult:
@@ -61,6 +69,11 @@ class EscalationService:
             manager_id=row["manager_id"],
             tracking_number=row["tracking_number"],
         )
+        self._report(result)
+        return result
+
+    @staticmethod
+    def _report(result: EscalationResult) -> None:
         if result.outcome == "escalated_without_manager":
             log.warning(
                 "ticket %s escalated (%s breach) but its team has no manager "
@@ -70,7 +83,6 @@ class EscalationService:
             )
         elif result.escalated:
             log.info("ticket %s escalated (%s breach)", result.tracking_number, result.breach_type)
-        return result
 
     async def escalate_ticket(self, ticket_id: UUID, reason: str | None = None) -> bool:
         """Escalate one ticket if it is still breached; True when this call escalated it."""
@@ -90,58 +102,72 @@ class EscalationService:
         breached: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]],
         stop: asyncio.Event | None = None,
     ) -> list[EscalationResult]:
-        """Escalate each ticket; when ``stop`` is set, start no more (shutdown)."""
+        """Escalate each ticket, ``batch_size`` per transaction, ``concurrency`` at once.
+
+        Each ticket keeps its own lock, re-check and subtransaction
+        (``sla_daemon.escalate_tickets``): one that fails is recorded alone, with its own
+        backoff. When ``stop`` is set, no more batches start (shutdown)."""
         semaphore = asyncio.BoundedSemaphore(self._concurrency)
         results: list[EscalationResult] = []
 
-        async def one(ticket: BreachedTicket) -> None:
+        async def one(batch: list[BreachedTicket]) -> None:
             try:
-                reason = (
-                    f"SLA {ticket.breach_type} deadline missed "
-                    f"(overdue by {ticket.overdue_by_hours:.2f} h)"
-                )
-                results.append(await self.escalate_isolated(ticket, reason))
+                results.extend(await self.escalate_batch(batch))
             finally:
                 semaphore.release()
 
         async with (
             asyncio.TaskGroup() as tg,
-            contextlib.aclosing(_flatten(breached)) as tickets,
+            contextlib.aclosing(_chunks(breached, self._batch_size)) as batches,
         ):
-            async for ticket in tickets:
+            async for batch in batches:
                 if stop is not None and stop.is_set():
                     break
                 await semaphore.acquire()
-                tg.create_task(one(ticket))
+                tg.create_task(one(batch))
         return results
 
-    async def escalate_isolated(self, ticket: BreachedTicket, reason: str) -> EscalationResult:
-        """Escalate one ticket; a failure is recorded for this ticket alone, never raised."""
+    async def escalate_batch(self, tickets: list[BreachedTicket]) -> list[EscalationResult]:
+        """Escalate these tickets in one transaction, each isolated; never raises."""
+        reasons = [
+            f"SLA {t.breach_type} deadline missed (overdue by {t.overdue_by_hours:.2f} h)"
+            for t in tickets
+        ]
         try:
-            result = await self.escalate(ticket.ticket_id, reason)
-        except DB_ERRORS as exc:
+            rows = await self._pool.fetch(
+                QUERIES["escalate_tickets"], [t.ticket_id for t in tickets], reasons
+            )
+        except DB_ERRORS as exc:  # the whole batch failed (a lost connection, say)
             sqlstate = getattr(exc, "sqlstate", None)
-            cause = "lock_timeout" if sqlstate == "55P03" else "error"
-            detail = f"{type(exc).__name__}" + (f" [{sqlstate}]" if sqlstate else "")
-            await self._failed(ticket, cause, f"{detail}: {exc}")
-            return EscalationResult(
-                ticket.ticket_id, False, "failed", ticket.breach_type, None, ticket.tracking_number
-            )
-        if result.outcome == "locked":
-            try:
-                holder = await self._pool.fetchval(
-                    QUERIES["escalation_lock_holder"], ticket.ticket_id
+            error = f"{type(exc).__name__}: {exc}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+            out = []
+            for t in tickets:
+                await self._failed(t, "error", error)
+                out.append(
+                    EscalationResult(t.ticket_id, False, "failed", t.breach_type, None, None)
                 )
-            except DB_ERRORS:
-                holder = None
-            await self._failed(
-                ticket, "locked", f"escalation lock held by {holder or 'another session'}"
+            return out
+        by_id = {t.ticket_id: t for t in tickets}
+        out = []
+        for row in rows:
+            result = EscalationResult(
+                ticket_id=row["ticket_id"],
+                escalated=row["escalated"],
+                outcome=row["outcome"],
+                breach_type=row["breach_type"],
+                manager_id=row["manager_id"],
+                tracking_number=row["tracking_number"],
             )
-        return result
+            if row["error"] is not None:
+                ticket = by_id[row["ticket_id"]]
+                cause = result.outcome if result.outcome in ("locked", "lock_timeout") else "error"
+                self._report_failure(ticket, cause, row["error"], row["retry_at"])
+            else:
+                self._report(result)
+            out.append(result)
+        return out
 
     async def _failed(self, ticket: BreachedTicket, cause: str, error: str) -> None:
-        if self._metrics is not None:
-            self._metrics.escalation_failures.labels(cause).inc()
         try:
             retry_at = await self._pool.fetchval(
                 QUERIES["escalation_failed"], ticket.ticket_id, error
@@ -151,6 +177,13 @@ class EscalationService:
             log.warning(
                 "could not record the failed escalation of %s: %s", ticket.tracking_number, exc
             )
+        self._report_failure(ticket, cause, error, retry_at)
+
+    def _report_failure(
+        self, ticket: BreachedTicket, cause: str, error: str, retry_at: datetime | None
+    ) -> None:
+        if self._metrics is not None:
+            self._metrics.escalation_failures.labels(cause).inc()
         log.warning(
             "ticket %s not escalated (%s): %s; next try %s",
             ticket.tracking_number,
@@ -160,17 +193,25 @@ class EscalationService:
         )
 
 
-async def _flatten(
+async def _chunks(
+    items: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]], size: int
+) -> AsyncGenerator[list[BreachedTicket], None]:
+    """Batches of at most ``size``, never waiting for more than what has arrived."""
+    async with contextlib.aclosing(_batches(items)) as batches:
+        async for batch in batches:
+            for i in range(0, len(batch), size):
+                yield batch[i : i + size]
+
+
+async def _batches(
     items: Iterable[BreachedTicket] | AsyncIterable[list[BreachedTicket]],
-) -> AsyncGenerator[BreachedTicket, None]:
+) -> AsyncGenerator[list[BreachedTicket], None]:
     if isinstance(items, AsyncIterable):
         try:
             async for batch in items:
-                for item in batch:
-                    yield item
+                yield batch
         finally:
             if isinstance(items, AsyncGenerator):
                 await items.aclose()  # its cursor's connection goes back to the pool now
     else:
-        for item in items:
-            yield item
+        yield list(items)

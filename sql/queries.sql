@@ -42,6 +42,10 @@ FROM sla_daemon.record_warnings($1::integer);
 SELECT escalated, outcome, breach_type, manager_id, tracking_number
 FROM sla_daemon.escalate_ticket($1::uuid, $2::text);
 
+-- name: escalate_tickets
+SELECT ticket_id, escalated, outcome, breach_type, manager_id, tracking_number, error, retry_at
+FROM sla_daemon.escalate_tickets($1::uuid[], $2::text[]);
+
 -- name: escalation_failed
 SELECT sla_daemon.escalation_failed($1::uuid, $2::text) AS retry_at;
 

@@ -378,6 +378,50 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     RETURNING d.due_at
 $$;
 
+-- Escalate several tickets in one transaction (one commit, one WAL flush, for a sweep
+-- of thousands), each still under its own advisory lock and re-check, and each in its
+-- own subtransaction: a ticket that fails (a platform constraint or trigger, a row
+-- locked past lock_timeout) is rolled back alone, its failure recorded with its own
+-- backoff in the same transaction, and the others go on.
+CREATE FUNCTION sla_daemon.escalate_tickets(p_ticket_ids uuid[], p_reasons text[])
+RETURNS TABLE (ticket_id uuid, escalated boolean, outcome text, breach_type text,
+               manager_id uuid, tracking_number text, error text, retry_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i integer;
+    r record;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_ticket_ids, 1), 0) LOOP
+        ticket_id := p_ticket_ids[i];
+        error := NULL;
+        retry_at := NULL;
+        BEGIN
+            SELECT * INTO r FROM sla_daemon.escalate_ticket(p_ticket_ids[i], p_reasons[i]);
+            escalated := r.escalated;
+            outcome := r.outcome;
+            breach_type := r.breach_type;
+            manager_id := r.manager_id;
+            tracking_number := r.tracking_number;
+        EXCEPTION WHEN OTHERS THEN
+            escalated := false;
+            outcome := CASE SQLSTATE WHEN '55P03' THEN 'lock_timeout' ELSE 'failed' END;
+            breach_type := NULL;
+            manager_id := NULL;
+            tracking_number := NULL;
+            error := format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE);
+        END;
+        IF outcome = 'locked' THEN
+            error := 'escalation lock held by '
+                     || coalesce(sla_daemon.escalation_lock_holder(ticket_id), 'another session');
+        END IF;
+        IF error IS NOT NULL THEN
+            retry_at := sla_daemon.escalation_failed(ticket_id, error);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- Claim up to p_limit due rows. Serialised by a row lock on sla_daemon.locks (only
 -- roles with UPDATE there can take it). Only a ticket's newest row is ever sent, never
 -- while another row of that ticket is in flight; busy tickets are skipped before the
@@ -631,6 +675,7 @@ GRANT EXECUTE ON FUNCTION
     sla_daemon.record_warnings(integer),
     sla_daemon.next_event_at(timestamptz),
     sla_daemon.escalate_ticket(uuid, text),
+    sla_daemon.escalate_tickets(uuid[], text[]),
     sla_daemon.escalation_lock_holder(uuid),
     sla_daemon.escalation_failed(uuid, text),
     sla_daemon.claim_outbox(text, integer, double precision),
