@@ -417,3 +417,26 @@ async def test_escalation_notice_is_still_one_message(conn: asyncpg.Connection, 
         "SELECT kind FROM sla_daemon.messages WHERE ticket_id = $1", ticket["id"]
     )
     assert [r["kind"] for r in kinds] == ["escalation"]
+
+
+async def test_a_foreign_holder_of_the_awake_mark_costs_at_most_a_poll(
+    conn: asyncpg.Connection, dsn: str, writer: asyncpg.Connection
+) -> None:
+    # Advisory locks need no privilege: a foreign session holding the sender's awake
+    # mark makes writers believe the sender awake (no NOTIFY) and stops the sender
+    # marking itself; changes then wait for the outbox poll, never longer.
+    await writer.execute("SELECT pg_advisory_lock(5459011, 1)")
+    (ticket,) = await _breached(conn, 1)
+    other = await f.ticket(conn, await f.municipality(conn), user_id=await f.user(conn))
+    settings = daemon_settings(dsn, None, outbox_poll_seconds=0.5)
+    async with running(settings):
+        await wait_until_finished(conn)  # the escalation notice
+        await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", other)
+        # no NOTIFY comes (writers see the mark held); the 0.5 s poll picks it up
+        states = await wait_until_finished(conn, timeout=5)
+    assert states == Counter({"dry_run": 2})
+    kinds = await conn.fetch("SELECT ticket_id, kind FROM sla_daemon.messages ORDER BY id")
+    assert [(r["ticket_id"], r["kind"]) for r in kinds] == [
+        (ticket["id"], "escalation"),
+        (other, "status"),
+    ]
