@@ -102,7 +102,7 @@ MUTANTS: tuple[Mutant, ...] = (
         M6,
         "CREATE UNIQUE INDEX events_warning_once",
         "CREATE INDEX events_warning_once",
-        ("tests/test_sla.py", "tests/test_daemon.py"),
+        ("tests/test_promises.py", "tests/test_sla.py"),
     ),
     Mutant(
         "new-cycle",
@@ -119,7 +119,7 @@ MUTANTS: tuple[Mutant, ...] = (
         M6,
         "        LIMIT p_limit\n        FOR UPDATE SKIP LOCKED",
         "        LIMIT p_limit\n        FOR UPDATE",
-        ("tests/test_daemon.py", "tests/test_faults.py", "tests/test_wakeups.py"),
+        ("tests/test_promises.py", "tests/test_faults.py"),
     ),
     Mutant(
         "lease-in-busy",
@@ -129,7 +129,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        ORDER BY o.next_attempt_at, o.id",
         "                            AND s.state = 'sending')\n"
         "        ORDER BY o.next_attempt_at, o.id",
-        ("tests/test_daemon.py", "tests/test_faults.py"),
+        ("tests/test_promises.py", "tests/test_faults.py"),
     ),
     Mutant(
         "busy-before-limit",
@@ -180,7 +180,7 @@ MUTANTS: tuple[Mutant, ...] = (
         M6,
         "            attempts = CASE WHEN r.state = 'released' THEN greatest(o.attempts - 1, 0)",
         "            attempts = CASE WHEN r.state = 'released' THEN o.attempts",
-        ("tests/test_daemon.py", "tests/test_faults.py"),
+        ("tests/test_promises.py", "tests/test_daemon.py", "tests/test_faults.py"),
     ),
     Mutant(
         "requeue-resets-attempts",
@@ -188,7 +188,12 @@ MUTANTS: tuple[Mutant, ...] = (
         M6,
         "        SET state = 'pending', attempts = 0, next_attempt_at = now(), finished_at = NULL,",
         "        SET state = 'pending', next_attempt_at = now(), finished_at = NULL,",
-        ("tests/test_daemon.py", "tests/test_cli.py", "tests/test_faults.py"),
+        (
+            "tests/test_promises.py",
+            "tests/test_daemon.py",
+            "tests/test_cli.py",
+            "tests/test_faults.py",
+        ),
     ),
     Mutant(
         "requeue-newest-only",
@@ -204,7 +209,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "sla_daemon/outbox.py",
         "        if row.attempts >= self._settings.max_attempts:",
         "        if row.attempts > self._settings.max_attempts:",
-        ("tests/test_daemon.py", "tests/test_notifications.py", "tests/test_faults.py"),
+        (
+            "tests/test_promises.py",
+            "tests/test_daemon.py",
+            "tests/test_notifications.py",
+            "tests/test_faults.py",
+        ),
     ),
     Mutant(
         "backoff-exponential",
@@ -212,7 +222,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "sla_daemon/outbox.py",
         "    ceiling = min(cap, base * 2.0 ** min(max(attempts - 1, 0), 64))",
         "    ceiling = min(cap, base)",
-        ("tests/test_notifications.py", "tests/test_daemon.py", "tests/test_faults.py"),
+        (
+            "tests/test_promises.py",
+            "tests/test_notifications.py",
+            "tests/test_daemon.py",
+            "tests/test_faults.py",
+        ),
     ),
     Mutant(
         "lease-guard",
