@@ -147,7 +147,12 @@ MUTANTS: tuple[Mutant, ...] = (
         M6,
         "        WHERE o.id = j.id AND j.id = j.newest\n        RETURNING o.id, o.ticket_id",
         "        WHERE o.id = j.id\n        RETURNING o.id, o.ticket_id",
-        ("tests/test_wakeups.py", "tests/test_daemon.py", "tests/test_faults.py"),
+        (
+            "tests/test_promises.py",
+            "tests/test_wakeups.py",
+            "tests/test_daemon.py",
+            "tests/test_faults.py",
+        ),
     ),
     Mutant(
         "quarantine",

@@ -176,3 +176,28 @@ async def test_a_retryable_failure_is_tried_exactly_max_attempts_times(
     assert requests == 3
     error = await conn.fetchval("SELECT last_error FROM sla_daemon.outbox")
     assert error.startswith("gave up after 3 attempts")
+
+
+async def test_changes_made_while_the_daemon_was_away_send_only_the_newest(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """Supersede (mutant supersede): three status changes per ticket committed while no
+    daemon runs send one message per ticket, the newest; the older rows end superseded
+    (pointing at it), never sent, so no arrival order can show an older status last."""
+    mid = await f.municipality(conn)
+    citizen = await f.user(conn, "0821234567")
+    for _ in range(20):
+        await f.ticket(conn, mid, user_id=citizen)
+    for status in ("in_progress", "resolved", "closed"):
+        await conn.execute("UPDATE tickets SET status = $1", status)
+    async with FakeTwilio() as fake, running(daemon_settings(dsn, fake)):
+        states = await wait_until_finished(conn)
+        received = [m.body for m in fake.messages]
+    assert states == Counter({"sent": 20, "superseded": 40})
+    assert len(received) == 20 and all("closed" in body for body in received), received
+    pointers = await conn.fetch(
+        "SELECT o.superseded_by = n.id AS to_newest FROM sla_daemon.outbox o"
+        " JOIN sla_daemon.outbox n ON n.ticket_id = o.ticket_id AND n.state = 'sent'"
+        " WHERE o.state = 'superseded'"
+    )
+    assert len(pointers) == 40 and all(r["to_newest"] for r in pointers)
