@@ -11,6 +11,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
+
 from sla_daemon.config import Settings, env_name
 from sla_daemon.daemon import Daemon
 
@@ -78,6 +80,17 @@ async def running(settings: Settings, start_timeout: float = 15) -> AsyncIterato
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def cut_pool(conn: asyncpg.Connection, daemon: Daemon) -> None:
+    """Terminate the daemon's pool sessions, not its LISTEN one: a blip under its loops."""
+    assert daemon.listener is not None
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'sla-daemon'"
+        " AND pid <> $1",
+        daemon.listener.backend_pid,
+    )
 
 
 class DaemonProcess:

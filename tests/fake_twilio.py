@@ -124,6 +124,9 @@ class FakeTwilio:
         self.messages: list[ReceivedMessage] = []
         #: (account SID, HTTP status) of every POST, accepted or not.
         self.requests: list[tuple[str, int]] = []
+        #: The To of every authenticated POST as it arrives, before any planned delay:
+        #: which messages are in flight while their answers are held back.
+        self.arrivals: list[str] = []
         self._plan: collections.deque[Planned] = collections.deque()
         self._waiters: list[_Waiter] = []
         self._expected_auth = "Basic " + base64.b64encode(
@@ -192,6 +195,7 @@ class FakeTwilio:
         """Forget received messages and planned responses."""
         self.messages.clear()
         self.requests.clear()
+        self.arrivals.clear()
         self._plan.clear()
 
     async def wait_for(
@@ -222,6 +226,8 @@ class FakeTwilio:
         account_sid = request.match_info["account_sid"]
         if request.headers.get("Authorization") != self._expected_auth:
             return self._error(account_sid, 401, 20003, "Authenticate")
+        form = await request.post()
+        self.arrivals.append(str(form.get("To")))
         plan = self._plan.popleft() if self._plan else None
         if plan is not None and plan.delay > 0:
             try:
@@ -231,7 +237,6 @@ class FakeTwilio:
                 pass
         if plan is not None and plan.status >= 300:
             return self._error(account_sid, plan.status, plan.code, plan.message)
-        form = await request.post()
         to, from_ = form.get("To"), form.get("From")
         if not isinstance(to, str) or not isinstance(from_, str):
             return self._error(account_sid, 400, 21604, "A 'To' and a 'From' are required.")

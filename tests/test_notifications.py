@@ -310,10 +310,22 @@ async def test_fake_wait_for(fake: FakeTwilio, catalog: MessageCatalog) -> None:
 
 
 async def test_close_is_idempotent(fake: FakeTwilio, catalog: MessageCatalog) -> None:
+    # Closing closes the Twilio client's HTTP session (no leaked connections at
+    # shutdown); a second close is harmless, and start() after close works again.
     notifier = service(fake, catalog)
     await notifier.start()
+    assert (await notifier.send_status_update(PHONE, "T-1", "open", "en")).outcome == "sent"
+    http = notifier._http
+    assert http is not None and http.session is not None and not http.session.closed
     await notifier.close()
+    assert http.session.closed
     await notifier.close()
+    with pytest.raises(RuntimeError, match="start"):
+        await notifier.send_status_update(PHONE, "T-2", "open", "en")
+    await notifier.start()
+    assert (await notifier.send_status_update(PHONE, "T-3", "open", "en")).outcome == "sent"
+    await notifier.close()
+    assert len(fake.messages) == 2
 
 
 @pytest.mark.parametrize(

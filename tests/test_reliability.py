@@ -19,7 +19,7 @@ from sla_daemon.health import describe_error
 from sla_daemon.listener import KEEPALIVE, Listener, set_keepalive
 
 from . import factories as f
-from .daemon_harness import daemon_settings, running
+from .daemon_harness import cut_pool, daemon_settings, running
 from .test_cli import cli, cli_env
 from .test_privileges import as_user, readme_role
 from .waiting import eventually
@@ -63,12 +63,7 @@ async def test_a_read_only_database_is_unhealthy_until_it_can_write_again(
         # as after a failover: the server the pool talks to accepts no writes
         await conn.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
         try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND application_name = 'sla-daemon'"
-                " AND pid <> $1",
-                daemon.listener.backend_pid,
-            )
+            await cut_pool(conn, daemon)
             body = await health_is(daemon, 503)
             assert "pool=read-only" in body["detail"], body
             assert "sla_daemon_healthy 0.0" in await scrape(daemon)
