@@ -367,14 +367,22 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- An escalation that failed (an error, or the lock held elsewhere): look at this
--- ticket again after its own backoff (2 s doubling to 5 min), remembering why.
+-- ticket again after its own backoff (2 s doubling to 5 min), remembering why. Rows
+-- another transaction holds (another daemon escalating this very ticket, a writer
+-- rescheduling it) are skipped, never waited for: two sweeps recording each other's
+-- tickets as locked would otherwise deadlock; the next sweep looks again anyway.
 CREATE FUNCTION sla_daemon.escalation_failed(p_ticket_id uuid, p_error text)
 RETURNS timestamptz
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH mine AS (
+        SELECT d.ctid FROM sla_daemon.deadlines d
+        WHERE d.ticket_id = p_ticket_id AND d.due_at <= now()
+        FOR UPDATE SKIP LOCKED
+    )
     UPDATE sla_daemon.deadlines d
     SET attempts = d.attempts + 1, last_error = left(p_error, 500),
         due_at = now() + least(300, 2 * power(2, least(d.attempts, 16))) * interval '1 second'
-    WHERE d.ticket_id = p_ticket_id AND d.due_at <= now()
+    FROM mine WHERE d.ctid = mine.ctid
     RETURNING d.due_at
 $$;
 
