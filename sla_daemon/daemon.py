@@ -19,6 +19,7 @@ import asyncpg
 from . import db, systemd
 from .aio import wait_any
 from .config import Settings
+from .conversation import Conversation
 from .escalation import EscalationService
 from .health import LoopHealth
 from .listener import Listener
@@ -28,6 +29,7 @@ from .notifications import NotificationService
 from .outbox import OutboxProcessor
 from .sla import SLAService
 from .timer import SLATimer
+from .webhooks import WebhookServer
 
 __all__ = ["Daemon", "DaemonError"]
 
@@ -53,6 +55,7 @@ class Daemon:
         self.timer: SLATimer | None = None
         self.listener: Listener | None = None
         self.metrics_server: MetricsServer | None = None
+        self.webhook_server: WebhookServer | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_ok = False
         self._pool_read_only = False
@@ -107,10 +110,14 @@ class Daemon:
                     f"the schema is not current ({names} missing): run sla-daemon migrate"
                 )
             self._pool_ok = True
+            if s.webhook_address:
+                await self._start_webhooks(pool)
             async with NotificationService(s, catalog) as notifications:
                 await self._serve(pool, notifications)
         finally:
             systemd.stopping()
+            if self.webhook_server is not None:
+                await self.webhook_server.close()
             if self.listener is not None:
                 await self.listener.close()
             with contextlib.suppress(Exception):
@@ -143,7 +150,14 @@ class Daemon:
             batch_size=s.escalation_batch_size,
             metrics=self.metrics,
         )
-        self.outbox = OutboxProcessor(pool, notifications, s, self.metrics, awake=self.listener)
+        self.outbox = OutboxProcessor(
+            pool,
+            notifications,
+            s,
+            self.metrics,
+            awake=self.listener,
+            conversation=Conversation(pool, notifications, s),
+        )
         self.timer = SLATimer(
             pool, sla, escalation, safety_interval=s.safety_interval_seconds, metrics=self.metrics
         )
@@ -176,6 +190,18 @@ class Daemon:
                 " SLA_DAEMON_METRICS_ADDRESS)"
             ) from None
         self.metrics_server = server
+
+    async def _start_webhooks(self, pool: asyncpg.Pool) -> None:
+        """Twilio's callbacks and inbound messages; a taken address stops start-up."""
+        server = WebhookServer(pool, self.settings, self.metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise DaemonError(
+                f"cannot serve Twilio webhooks on {self.settings.webhook_address}: {reason.lower()}"
+            ) from None
+        self.webhook_server = server
 
     async def _connect_pool(self, dsn: str) -> asyncpg.Pool:
         s = self.settings
