@@ -180,27 +180,17 @@ class Daemon:
     async def _start_metrics(self, address: str) -> None:
         """Serve /metrics and /healthz first: a taken port stops start-up with one line."""
         server = MetricsServer(self.metrics, address, self.health)
-        try:
-            await server.start()
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise DaemonError(
-                f"cannot serve /metrics and /healthz on {address}: {reason.lower()}"
-                " (another sla-daemon on this host? each needs its own"
-                " SLA_DAEMON_METRICS_ADDRESS)"
-            ) from None
+        await _bind(
+            server.start,
+            f"/metrics and /healthz on {address}",
+            " (another sla-daemon on this host? each needs its own SLA_DAEMON_METRICS_ADDRESS)",
+        )
         self.metrics_server = server
 
     async def _start_webhooks(self, pool: asyncpg.Pool) -> None:
         """Twilio's callbacks and inbound messages; a taken address stops start-up."""
         server = WebhookServer(pool, self.settings, self.metrics)
-        try:
-            await server.start()
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise DaemonError(
-                f"cannot serve Twilio webhooks on {self.settings.webhook_address}: {reason.lower()}"
-            ) from None
+        await _bind(server.start, f"Twilio webhooks on {self.settings.webhook_address}")
         self.webhook_server = server
 
     async def _connect_pool(self, dsn: str) -> asyncpg.Pool:
@@ -320,6 +310,15 @@ class Daemon:
         log.info("%s received: stopping", sig.name)
         systemd.stopping()
         self.stop()
+
+
+async def _bind(start: Callable[[], Awaitable[None]], what: str, hint: str = "") -> None:
+    """Start a server; a taken or foreign address stops start-up with one line (69)."""
+    try:
+        await start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise DaemonError(f"cannot serve {what}: {reason.lower()}{hint}") from None
 
 
 def _only_db_errors(exc: BaseException) -> bool:
