@@ -233,3 +233,28 @@ FROM sla_daemon.record_delivery($1::text, $2::text, $3::integer, $4::bigint, $5:
 
 -- name: record_inbound
 SELECT sla_daemon.record_inbound($1::text, $2::text, $3::text, $4::text) AS recorded;
+
+-- name: report_deliveries
+-- Issue 13: what Twilio's callbacks said about messages first reported in the period,
+-- per language. delivered counts delivered or read (read implies delivered).
+SELECT coalesce(d.language, 'unknown') AS language, count(*) AS reported,
+       count(*) FILTER (WHERE d.status IN ('delivered', 'read')) AS delivered,
+       count(*) FILTER (WHERE d.status = 'read') AS read,
+       count(*) FILTER (WHERE d.status IN ('failed', 'undelivered')) AS failed
+FROM sla_daemon.deliveries d
+WHERE d.created_at >= now() - $1::interval
+GROUP BY 1
+ORDER BY 1;
+
+-- name: report_failing_numbers
+-- Numbers with at least two failed messages in the period, worst first (masked in
+-- Python before they are shown).
+SELECT d.phone, count(*) AS failures,
+       (array_agg(d.error_code ORDER BY d.updated_at DESC))[1] AS last_error_code
+FROM sla_daemon.deliveries d
+WHERE d.created_at >= now() - $1::interval AND d.phone IS NOT NULL
+  AND d.status IN ('failed', 'undelivered')
+GROUP BY d.phone
+HAVING count(*) >= 2
+ORDER BY count(*) DESC, d.phone
+LIMIT 20;

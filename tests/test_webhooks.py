@@ -366,3 +366,48 @@ async def test_a_sensitive_ticket_may_get_a_neutral_text_naming_nothing(
         text = CATALOG.render_neutral(language, tn).lower()
         labels = [CATALOG.status_label(s, language).lower() for s in ("resolved", "in_progress")]
         assert "gbv" not in text and not any(label in text for label in labels)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+async def test_report_shows_delivered_read_failed_per_language_and_failing_numbers_masked(
+    conn: asyncpg.Connection,
+) -> None:
+    from datetime import timedelta
+
+    from sla_daemon.report import build_report, format_table
+
+    tid = await ticket(conn)
+    callbacks = [  # (sid, language, phone, [(status, code)])
+        ("SMa", "zu", "+27821234567", [("delivered", None), ("read", None)]),
+        ("SMb", "zu", "+27821234567", [("sent", None), ("delivered", None)]),
+        ("SMc", "af", "+27829876543", [("failed", 63024)]),
+        ("SMd", "af", "+27829876543", [("undelivered", 30008)]),
+        ("SMe", "en", "+27820000001", [("failed", 30003)]),
+    ]
+    for n, (sid, lang, phone, statuses) in enumerate(callbacks, start=1):
+        await conn.execute(
+            "INSERT INTO sla_daemon.outbox (id, ticket_id, new_status, state, language,"
+            " message_sid) VALUES ($1, $2, 'resolved', 'sent', $3, $4)",
+            1000 + n,
+            tid,
+            lang,
+            sid,
+        )
+        for status, code in statuses:
+            await conn.fetchrow(
+                "SELECT * FROM sla_daemon.record_delivery($1, $2, $3, $4, $5)",
+                sid,
+                status,
+                code,
+                1000 + n,
+                phone,
+            )
+    report = await build_report(conn, timedelta(days=1))
+    by_language = {d.language: (d.delivered, d.read, d.failed) for d in report.deliveries}
+    assert by_language == {"zu": (2, 1, 0), "af": (0, 0, 2), "en": (0, 0, 1)}
+    assert [(n.phone, n.failures) for n in report.failing_numbers] == [("+27*****6543", 2)]
+    table = format_table(report)
+    assert "zu       delivered 2/2, read 1, failed 0" in table and "+27*****6543" in table
+    assert "9876543" not in table and "9876543" not in str(report.as_dict())
