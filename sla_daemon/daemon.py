@@ -28,6 +28,7 @@ from .metrics import Metrics, MetricsServer
 from .notifications import NotificationService
 from .outbox import OutboxProcessor
 from .sla import SLAService
+from .templates import template_keys
 from .timer import SLATimer
 from .webhooks import WebhookServer
 
@@ -98,6 +99,12 @@ class Daemon:
             log.warning(
                 "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
                 "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
+            )
+        if s.webhooks_on and (missing := _missing_templates(s, catalog)):
+            log.warning(
+                "no approved template for %s: outside the 24-hour window those messages"
+                " end dead (sla-daemon templates push; SLA_DAEMON_TWILIO_CONTENT_SIDS)",
+                ", ".join(missing),
             )
         pool = await self._connect_pool(dsn)
         self._pool = pool
@@ -310,6 +317,13 @@ class Daemon:
         log.info("%s received: stopping", sig.name)
         systemd.stopping()
         self.stop()
+
+
+def _missing_templates(settings: Settings, catalog: MessageCatalog) -> list[str]:
+    neutral = settings.sensitive_messages == "neutral"
+    return [
+        k for k in template_keys(catalog, neutral=neutral) if k not in settings.twilio_content_sids
+    ]
 
 
 async def _bind(start: Callable[[], Awaitable[None]], what: str, hint: str = "") -> None:

@@ -4,6 +4,7 @@ the real twilio client and RequestValidator, and a fake Twilio that sends callba
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -246,10 +247,12 @@ async def test_outside_the_window_the_template_goes_inside_it_the_text(
 
 
 async def test_outside_the_window_without_a_template_the_row_dies_saying_so(
-    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio
+    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio, caplog: pytest.LogCaptureFixture
 ) -> None:
     tid = await ticket(conn)
+    caplog.set_level(logging.WARNING, "sla_daemon.daemon")
     async with running(hooked(dsn, fake, twilio_content_sids={})):
+        assert "no approved template for open:af" in caplog.text  # said at start
         await change(conn, tid, "in_progress")
         states = await wait_until_finished(conn)
     assert states["dead"] == 1 and not fake.messages
