@@ -27,7 +27,8 @@ import asyncpg
 
 from . import db
 from .config import Settings
-from .messages import STATUSES, CatalogError, MessageCatalog
+from .messages import CatalogError, MessageCatalog
+from .templates import template_keys
 
 __all__ = [
     "EX_CONFIG",
@@ -337,22 +338,31 @@ def check_twilio(settings: Settings, catalog: MessageCatalog | None) -> list[Che
 def _check_templates(settings: Settings, catalog: MessageCatalog | None) -> CheckResult:
     """Business-initiated WhatsApp messages outside the 24-hour window need templates."""
     sids = settings.twilio_content_sids
+    outside = (
+        "outside the 24-hour window they end dead (webhooks on)"
+        if settings.webhooks_on
+        else "WhatsApp delivers body text only within 24 h of the citizen's last message"
+    )
     if not sids:
         return CheckResult(
             "templates",
             "warn",
-            "SLA_DAEMON_TWILIO_CONTENT_SIDS is empty: messages go as body text, which "
-            "WhatsApp delivers only within 24 h of the citizen's last message",
+            f"SLA_DAEMON_TWILIO_CONTENT_SIDS is empty: messages go as body text; {outside}"
+            " (sla-daemon templates push creates them)",
         )
     languages = catalog.languages if catalog else ()
-    wanted = {f"{kind}:{lang}" for kind in (*STATUSES, "escalation") for lang in languages}
-    unknown = sorted(set(sids) - wanted) if languages else []
+    neutral = settings.sensitive_messages == "neutral"
+    wanted = set(template_keys(catalog, neutral=neutral)) if catalog else set()
+    known = set(template_keys(catalog, neutral=True)) if catalog else set()
+    unknown = sorted(set(sids) - known) if languages else []
     missing = sorted(wanted - set(sids))
     notes = []
     if unknown:
         notes.append(f"unknown keys {unknown} (expected status:language, e.g. resolved:zu)")
     if missing:
-        notes.append(f"{len(missing)} of {len(wanted)} without a template (body text used)")
+        notes.append(
+            f"{len(missing)} of {len(wanted)} without a template: {', '.join(missing)}; {outside}"
+        )
     if notes:
         return CheckResult("templates", "warn", "; ".join(notes))
     return CheckResult("templates", "ok", f"{len(sids)} content templates configured")

@@ -403,3 +403,44 @@ def demo(ctx: click.Context, seconds: float, verbose: bool) -> None:
         click.echo("interrupted", err=True)
         code = 130
     sys.exit(code)
+
+
+@main.group()
+def templates() -> None:
+    """WhatsApp templates (Twilio Content API), built from the message catalogs."""
+
+
+@templates.command("show")
+def templates_show() -> None:
+    """Print every template's Content API definition as JSON (nothing is sent)."""
+    from .messages import MessageCatalog
+    from .templates import definitions
+
+    catalog = MessageCatalog.load()
+    out = {d.key: d.as_content() for d in definitions(catalog)}
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+@templates.command("push")
+@click.pass_context
+def templates_push(ctx: click.Context) -> None:
+    """Create every template through the Content API, request WhatsApp approval, and
+    print the SIDs as the JSON for SLA_DAEMON_TWILIO_CONTENT_SIDS (on stdout)."""
+    from twilio.base.exceptions import TwilioException
+
+    from .messages import MessageCatalog
+    from .templates import push
+
+    settings = _settings(ctx)
+    if not settings.twilio_account_sid or settings.twilio_auth_token is None:
+        _fail("templates push needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN", EX_CONFIG)
+    try:
+        sids = push(settings, MessageCatalog.load())
+    except (TwilioException, OSError, TimeoutError) as exc:
+        _fail(f"the Content API refused or did not answer: {exc}", EX_UNAVAILABLE)
+    click.echo(json.dumps(sids, sort_keys=True))
+    click.echo(
+        "set SLA_DAEMON_TWILIO_CONTENT_SIDS to the line above once WhatsApp has approved"
+        " them (check: sla-daemon check)",
+        err=True,
+    )

@@ -42,6 +42,15 @@ __all__ = [
 #: A claimed row is POSTed only while its lease has at least this much left.
 LEASE_MARGIN_SECONDS = 5.0
 
+#: Twilio's default opt-out words, with isiZulu (YEKA, MISA: stop) and Afrikaans
+#: (STAAK: stop, KANSELLEER: cancel) equivalents.
+DEFAULT_OPT_OUT = (
+    "STOP", "UNSUBSCRIBE", "END", "QUIT", "STOPALL", "REVOKE", "OPTOUT", "CANCEL",
+    "YEKA", "MISA", "STAAK", "KANSELLEER",
+)  # fmt: skip
+#: Twilio's default opt-in words, with isiZulu (QALA: start) and Afrikaans (BEGIN).
+DEFAULT_OPT_IN = ("START", "UNSTOP", "YES", "QALA", "BEGIN")
+
 
 class SettingsError(Exception):
     """An invalid setting: the message names it, and the CLI exits with EX_CONFIG (78)."""
@@ -80,6 +89,22 @@ class Settings(BaseSettings):
     twilio_content_sids: dict[str, str] = Field(default_factory=dict)
     dry_run: bool = False
     default_region: str = "ZA"
+    twilio_content_base_url: str = Field(
+        default="https://content.twilio.com", validation_alias="TWILIO_CONTENT_BASE_URL"
+    )
+
+    # --- webhooks and the conversation (sla_daemon.webhooks, sla_daemon.conversation) ---
+    #: Where Twilio's status callbacks and inbound messages are served; "" (off) by default.
+    webhook_address: str = ""
+    #: The URL Twilio calls (and signs), e.g. https://desk.example.org/sla-daemon; the
+    #: reverse proxy maps it to webhook_address.
+    webhook_public_url: str | None = None
+    webhook_max_body_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    #: Single-word keywords (any case) that opt a number out of messages, and back in.
+    opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT))
+    opt_in_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_IN))
+    #: Sensitive (GBV) tickets: "none" sends nothing; "neutral" a text with no detail.
+    sensitive_messages: Literal["none", "neutral"] = "none"
 
     # --- sending ------------------------------------------------------------------
     send_concurrency: int = Field(default=32, ge=1, le=1000)
@@ -139,7 +164,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("twilio_api_base_url")
+    @field_validator("twilio_api_base_url", "twilio_content_base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         """https only, but for a fake on this machine: the auth token goes in every request."""
@@ -166,7 +191,30 @@ class Settings(BaseSettings):
         check_database_url(value)
         return value
 
-    @field_validator("metrics_address")
+    @field_validator("webhook_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        """What Twilio signs: https, but for a loopback host (tests, a local proxy)."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.query or parts.fragment or not parts.hostname:
+            raise ValueError("must be a URL like https://desk.example.org/sla-daemon")
+        loopback_http = parts.scheme == "http" and _is_loopback(parts.hostname)
+        if parts.scheme != "https" and not loopback_http:
+            raise ValueError("must be https:// (TLS at the proxy); http:// only for loopback")
+        return value
+
+    @field_validator("opt_out_keywords", "opt_in_keywords")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        words = [w.strip().upper() for w in value if w.strip()]
+        if any(len(w.split()) != 1 for w in words):
+            raise ValueError("keywords are single words")
+        return words
+
+    @field_validator("webhook_address", "metrics_address")
     @classmethod
     def _metrics_address(cls, value: str) -> str:
         if value in ("", "off", "none"):
@@ -189,6 +237,13 @@ class Settings(BaseSettings):
                 " sweep holds its cursor and one connection per escalation, while the"
                 " sender and the health check need one each"
             )
+        if self.webhook_address and not (self.webhook_public_url and self.twilio_auth_token):
+            raise _conflict(
+                "SLA_DAEMON_WEBHOOK_ADDRESS needs SLA_DAEMON_WEBHOOK_PUBLIC_URL (the URL"
+                " Twilio calls and signs) and TWILIO_AUTH_TOKEN (to check the signatures)"
+            )
+        if set(self.opt_out_keywords) & set(self.opt_in_keywords):
+            raise _conflict("SLA_DAEMON_OPT_OUT_KEYWORDS and SLA_DAEMON_OPT_IN_KEYWORDS overlap")
         if self.outbox_lease_seconds <= self.send_timeout_seconds + LEASE_MARGIN_SECONDS:
             raise _conflict(
                 f"SLA_DAEMON_OUTBOX_LEASE_SECONDS ({self.outbox_lease_seconds:g}) must exceed"
@@ -223,6 +278,11 @@ class Settings(BaseSettings):
     @property
     def effective_dry_run(self) -> bool:
         return self.dry_run or not self.twilio_configured
+
+    @property
+    def webhooks_on(self) -> bool:
+        """Twilio reports deliveries and inbound messages to us (so the window is known)."""
+        return bool(self.webhook_address and self.webhook_public_url)
 
 
 def _conflict(message: str) -> PydanticCustomError:
@@ -279,6 +339,7 @@ _UNPREFIXED = {
     "twilio_auth_token": "TWILIO_AUTH_TOKEN",
     "twilio_whatsapp_number": "TWILIO_WHATSAPP_NUMBER",
     "twilio_api_base_url": "TWILIO_API_BASE_URL",
+    "twilio_content_base_url": "TWILIO_CONTENT_BASE_URL",
 }
 
 

@@ -19,6 +19,7 @@ import asyncpg
 from . import db, systemd
 from .aio import wait_any
 from .config import Settings
+from .conversation import Conversation
 from .escalation import EscalationService
 from .health import LoopHealth
 from .listener import Listener
@@ -27,7 +28,9 @@ from .metrics import Metrics, MetricsServer
 from .notifications import NotificationService
 from .outbox import OutboxProcessor
 from .sla import SLAService
+from .templates import template_keys
 from .timer import SLATimer
+from .webhooks import WebhookServer
 
 __all__ = ["Daemon", "DaemonError"]
 
@@ -53,6 +56,7 @@ class Daemon:
         self.timer: SLATimer | None = None
         self.listener: Listener | None = None
         self.metrics_server: MetricsServer | None = None
+        self.webhook_server: WebhookServer | None = None
         self._pool: asyncpg.Pool | None = None
         self._pool_ok = False
         self._pool_read_only = False
@@ -96,6 +100,12 @@ class Daemon:
                 "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
                 "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
             )
+        if s.webhooks_on and (missing := _missing_templates(s, catalog)):
+            log.warning(
+                "no approved template for %s: outside the 24-hour window those messages"
+                " end dead (sla-daemon templates push; SLA_DAEMON_TWILIO_CONTENT_SIDS)",
+                ", ".join(missing),
+            )
         pool = await self._connect_pool(dsn)
         self._pool = pool
         try:
@@ -107,10 +117,14 @@ class Daemon:
                     f"the schema is not current ({names} missing): run sla-daemon migrate"
                 )
             self._pool_ok = True
+            if s.webhook_address:
+                await self._start_webhooks(pool)
             async with NotificationService(s, catalog) as notifications:
                 await self._serve(pool, notifications)
         finally:
             systemd.stopping()
+            if self.webhook_server is not None:
+                await self.webhook_server.close()
             if self.listener is not None:
                 await self.listener.close()
             with contextlib.suppress(Exception):
@@ -143,7 +157,14 @@ class Daemon:
             batch_size=s.escalation_batch_size,
             metrics=self.metrics,
         )
-        self.outbox = OutboxProcessor(pool, notifications, s, self.metrics, awake=self.listener)
+        self.outbox = OutboxProcessor(
+            pool,
+            notifications,
+            s,
+            self.metrics,
+            awake=self.listener,
+            conversation=Conversation(pool, notifications, s),
+        )
         self.timer = SLATimer(
             pool, sla, escalation, safety_interval=s.safety_interval_seconds, metrics=self.metrics
         )
@@ -166,16 +187,18 @@ class Daemon:
     async def _start_metrics(self, address: str) -> None:
         """Serve /metrics and /healthz first: a taken port stops start-up with one line."""
         server = MetricsServer(self.metrics, address, self.health)
-        try:
-            await server.start()
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise DaemonError(
-                f"cannot serve /metrics and /healthz on {address}: {reason.lower()}"
-                " (another sla-daemon on this host? each needs its own"
-                " SLA_DAEMON_METRICS_ADDRESS)"
-            ) from None
+        await _bind(
+            server.start,
+            f"/metrics and /healthz on {address}",
+            " (another sla-daemon on this host? each needs its own SLA_DAEMON_METRICS_ADDRESS)",
+        )
         self.metrics_server = server
+
+    async def _start_webhooks(self, pool: asyncpg.Pool) -> None:
+        """Twilio's callbacks and inbound messages; a taken address stops start-up."""
+        server = WebhookServer(pool, self.settings, self.metrics)
+        await _bind(server.start, f"Twilio webhooks on {self.settings.webhook_address}")
+        self.webhook_server = server
 
     async def _connect_pool(self, dsn: str) -> asyncpg.Pool:
         s = self.settings
@@ -294,6 +317,22 @@ class Daemon:
         log.info("%s received: stopping", sig.name)
         systemd.stopping()
         self.stop()
+
+
+def _missing_templates(settings: Settings, catalog: MessageCatalog) -> list[str]:
+    neutral = settings.sensitive_messages == "neutral"
+    return [
+        k for k in template_keys(catalog, neutral=neutral) if k not in settings.twilio_content_sids
+    ]
+
+
+async def _bind(start: Callable[[], Awaitable[None]], what: str, hint: str = "") -> None:
+    """Start a server; a taken or foreign address stops start-up with one line (69)."""
+    try:
+        await start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise DaemonError(f"cannot serve {what}: {reason.lower()}{hint}") from None
 
 
 def _only_db_errors(exc: BaseException) -> bool:

@@ -92,7 +92,7 @@ class MessageCatalog:
         if FALLBACK_LANGUAGE not in self.texts:
             raise CatalogError(f"missing the reference catalog {FALLBACK_LANGUAGE}.toml")
         reference = self.texts[FALLBACK_LANGUAGE]
-        required = {"escalation_notice"} | {
+        required = {"escalation_notice", "neutral_notice"} | {
             f"{table}.{status}" for table in ("status", "status_label") for status in STATUSES
         }
         missing = sorted(required - reference.keys())
@@ -147,6 +147,12 @@ class MessageCatalog:
         return self._text(language, "escalation_notice").format(
             tracking_number=tracking_number,
             status_label=self.status_label("escalated", language),
+        )
+
+    def render_neutral(self, language: str | None, tracking_number: str) -> str:
+        """A sensitive ticket's update: names no category, status or detail."""
+        return self._text(language, "neutral_notice").format(
+            tracking_number=tracking_number, status_label=""
         )
 
     def _status(self, status: str) -> str:

@@ -116,6 +116,28 @@ class Metrics:
             registry=r,
         )
 
+        # --- issue 13: webhooks and delivery truth ---
+        self.webhook_requests = Counter(
+            "sla_daemon_webhook_requests",
+            "Twilio webhook requests, by endpoint (status, inbound) and outcome (accepted,"
+            " replayed, unsigned, bad_signature, too_large, malformed, error)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "sla_daemon_deliveries",
+            "Messages whose delivery state moved forward, by new state (sent, delivered,"
+            " read, failed, undelivered, ...) and language",
+            ["status", "language"],
+            registry=r,
+        )
+        self.inbound = Counter(
+            "sla_daemon_inbound_messages",
+            "Messages citizens sent, by kind (stop, start, reply)",
+            ["kind"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

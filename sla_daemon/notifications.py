@@ -33,12 +33,13 @@ __all__ = [
     "Guard",
     "NotificationService",
     "Outcome",
+    "SendOptions",
     "SendResult",
     "TokenBucket",
     "classify_failure",
 ]
 
-Outcome = Literal["sent", "dry_run", "retry", "dead", "released"]
+Outcome = Literal["sent", "dry_run", "retry", "dead", "released", "opted_out", "withheld"]
 #: Called with the send slot and rate token held, just before the POST: False means
 #: "do not send" (the outbox's claim no longer covers a send), and the result is
 #: 'released'.
@@ -53,6 +54,17 @@ TWILIO_HTTP_LOGGER = "twilio.async_http_client"
 
 _PHONE_LIKE = re.compile(r"\+?\d[\d ()\-]{5,}\d")
 _MAX_ERROR_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """Issue 13: how to send one message (chosen by sla_daemon.conversation).
+
+    ``template``: True sends the approved template (the row dies without one), False
+    the body text, None the template when one is configured (the window unknown)."""
+
+    template: bool | None = None
+    status_callback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +203,7 @@ class NotificationService:
         new_status: str,
         language: str | None,
         guard: Guard | None = None,
+        options: SendOptions | None = None,  # issue 13: template choice, status callback
     ) -> SendResult:
         """Tell the citizen their ticket is now ``new_status``."""
         lang = self._catalog.normalize_language(language)
@@ -200,7 +213,7 @@ class NotificationService:
         except CatalogError as exc:
             return SendResult("dead", error=str(exc), language=lang)
         return await self._send(
-            phone, body, f"{new_status}:{lang}", lang, tracking_number, label, guard
+            phone, body, f"{new_status}:{lang}", lang, tracking_number, label, guard, options
         )
 
     async def send_escalation_notice(
@@ -209,13 +222,30 @@ class NotificationService:
         tracking_number: str,
         language: str | None,
         guard: Guard | None = None,
+        options: SendOptions | None = None,  # issue 13
     ) -> SendResult:
         """Tell the citizen a missed deadline put their ticket in a manager's hands."""
         lang = self._catalog.normalize_language(language)
         body = self._catalog.render_escalation(lang, tracking_number)
         label = self._catalog.status_label("escalated", lang)
         return await self._send(
-            phone, body, f"escalation:{lang}", lang, tracking_number, label, guard
+            phone, body, f"escalation:{lang}", lang, tracking_number, label, guard, options
+        )
+
+    # --- issue 13: sensitive tickets --------------------------------------------------
+    async def send_neutral_notice(
+        self,
+        phone: str | None,
+        tracking_number: str,
+        language: str | None,
+        guard: Guard | None = None,
+        options: SendOptions | None = None,
+    ) -> SendResult:
+        """A sensitive ticket's update: no category, no status, no detail."""
+        lang = self._catalog.normalize_language(language)
+        body = self._catalog.render_neutral(lang, tracking_number)
+        return await self._send(
+            phone, body, f"neutral:{lang}", lang, tracking_number, "", guard, options
         )
 
     async def _send(
@@ -227,6 +257,7 @@ class NotificationService:
         tracking_number: str,
         label: str,
         guard: Guard | None = None,
+        options: SendOptions | None = None,
     ) -> SendResult:
         try:
             to = whatsapp_address(normalize_phone(phone, self._settings.default_region))
@@ -242,6 +273,19 @@ class NotificationService:
                 "dead", error=f"unusable phone number: {exc}", body=body, language=lang
             )
         content_sid = self._settings.twilio_content_sids.get(template_key)
+        # --- issue 13: the window decides body or template (sla_daemon.conversation) ---
+        options = options or SendOptions()
+        if options.template is False:
+            content_sid = None
+        elif options.template and not content_sid:
+            return SendResult(
+                "dead",
+                error=f"outside the 24-hour WhatsApp window and no approved template for"
+                f" {template_key} (SLA_DAEMON_TWILIO_CONTENT_SIDS)",
+                body=body,
+                language=lang,
+            )
+        # --- end issue 13 ---
         if self.dry_run:
             # The body is the citizen's message: whole only at DEBUG.
             self._log.info(
@@ -257,6 +301,8 @@ class NotificationService:
             kwargs["content_variables"] = json.dumps({"1": tracking_number, "2": label})
         else:
             kwargs["body"] = body
+        if options.status_callback:  # issue 13
+            kwargs["status_callback"] = options.status_callback
         result = await self._post(kwargs, body, lang, content_sid, guard)
         level = logging.DEBUG if result.outcome in ("sent", "released") else logging.WARNING
         if self._log.isEnabledFor(level):  # mask_phone parses the number: not for nothing

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -31,6 +31,9 @@ from .config import LEASE_MARGIN_SECONDS, Settings
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .notifications import Guard, NotificationService, SendResult
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
 
 __all__ = ["OutboxProcessor", "OutboxRow", "retry_delay"]
 
@@ -98,8 +101,10 @@ class OutboxProcessor:
         metrics: Metrics | None = None,
         *,
         awake: AwakeMark,
+        conversation: Conversation | None = None,  # issue 13: opt-outs, window, sensitive
     ) -> None:
         self._pool = pool
+        self._conversation = conversation
         self._awake = awake
         self._notifications = notifications
         self._settings = settings
@@ -119,6 +124,8 @@ class OutboxProcessor:
         self, row: OutboxRow, guard: Guard | None = None
     ) -> SendResult:
         """Send one outbox row: the escalation notice for an SLA escalation, else the status."""
+        if self._conversation is not None:  # issue 13: it decides whether and how
+            return await self._conversation.send(row, guard)
         if row.tracking_number is None:
             return SendResult("dead", error="ticket no longer exists")
         if row.kind == "escalation":
@@ -209,6 +216,8 @@ class OutboxProcessor:
             self._settings.outbox_lease_seconds,
         )
         rows = [OutboxRow.from_record(r) for r in records]
+        if self._conversation is not None:  # issue 13: one query for the batch's plans
+            await self._conversation.prepare(rows)
         lease_until = asked + self._settings.outbox_lease_seconds
         for row in rows:
             self._lease_until[row.key] = lease_until
@@ -239,6 +248,8 @@ class OutboxProcessor:
         token = row.claim_token
         if result.outcome in ("sent", "dry_run", "released"):
             return _Outcome(row.id, token, result.outcome, sid=result.sid, language=lang)
+        if result.outcome in ("opted_out", "withheld"):  # issue 13: final, nothing sent
+            return _Outcome(row.id, token, result.outcome, error=result.error, language=lang)
         if result.outcome == "dead":
             return _Outcome(
                 row.id, token, "dead", code=result.error_code, error=result.error, language=lang

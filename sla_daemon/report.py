@@ -40,10 +40,13 @@ from uuid import UUID
 import asyncpg
 
 from .db import QUERIES
+from .phones import mask_phone
 
 __all__ = [
     "COMPLIANCE_DEFINITION",
     "DeadCode",
+    "FailingNumber",
+    "LanguageDeliveries",
     "OutboxSummary",
     "Report",
     "ReportRow",
@@ -130,12 +133,34 @@ class OutboxSummary:
 
 
 @dataclass(frozen=True)
+class LanguageDeliveries:
+    """Issue 13: messages whose delivery Twilio reported, in one language."""
+
+    language: str
+    reported: int
+    delivered: int
+    read: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class FailingNumber:
+    """A number whose messages keep failing; masked (+27*****4567), never whole."""
+
+    phone: str
+    failures: int
+    last_error_code: int | None
+
+
+@dataclass(frozen=True)
 class Report:
     generated_at: datetime
     since: datetime
     rows: tuple[ReportRow, ...]
     total: ReportRow
     outbox: OutboxSummary
+    deliveries: tuple[LanguageDeliveries, ...] = ()
+    failing_numbers: tuple[FailingNumber, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +178,8 @@ class Report:
                 "oldest_pending_seconds": self.outbox.oldest_pending_seconds,
                 "dead_by_error_code": [asdict(d) for d in self.outbox.dead_by_error_code],
             },
+            "deliveries": [asdict(d) for d in self.deliveries],
+            "failing_numbers": [asdict(n) for n in self.failing_numbers],
         }
 
 
@@ -162,6 +189,8 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
         records = await conn.fetch(QUERIES["report_tickets"], period)
         outbox = await conn.fetchrow(QUERIES["report_outbox"], period)
         dead = await conn.fetch(QUERIES["report_dead_by_code"])
+        deliveries = await conn.fetch(QUERIES["report_deliveries"], period)
+        failing = await conn.fetch(QUERIES["report_failing_numbers"], period)
     assert outbox is not None
     rows: list[ReportRow] = []
     total: ReportRow | None = None
@@ -189,6 +218,11 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
             dead_by_error_code=tuple(
                 DeadCode(d["error_code"], d["count"], scrub(d["example"])) for d in dead
             ),
+        ),
+        deliveries=tuple(LanguageDeliveries(**dict(d.items())) for d in deliveries),
+        failing_numbers=tuple(
+            FailingNumber(mask_phone(n["phone"]), n["failures"], n["last_error_code"])
+            for n in failing
         ),
     )
 
@@ -295,7 +329,26 @@ def format_table(report: Report, style: Any = None) -> str:
         out.append(f"    {code.ljust(8)} {str(d.count).rjust(6)}{example}")
     if ob.dead:
         out.append("  (sla-daemon outbox list-dead shows them; retry-dead re-queues them)")
+    out.extend(_delivery_lines(report, bold))
     return "\n".join(out)
+
+
+def _delivery_lines(report: Report, bold: Any) -> list[str]:
+    """Delivered, read and failed per language; numbers that keep failing (masked)."""
+    out = ["", bold("Deliveries (Twilio's callbacks, messages of the period)")]
+    if not report.deliveries:
+        out.append("  (none reported: are the webhooks on?)")
+    for d in report.deliveries:
+        out.append(
+            f"  {d.language.ljust(8)} delivered {d.delivered}/{d.reported},"
+            f" read {d.read}, failed {d.failed}"
+        )
+    if report.failing_numbers:
+        out.append("  numbers that keep failing:")
+        for n in report.failing_numbers:
+            code = "" if n.last_error_code is None else f" (last error {n.last_error_code})"
+            out.append(f"    {n.phone}  {n.failures} failures{code}")
+    return out
 
 
 def _duration(seconds: float) -> str:

@@ -214,3 +214,47 @@ SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery() AS
 -- Events of tickets still open or in progress stay (a warning's event is what keeps it
 -- from being given twice while its deadline is live).
 SELECT sla_daemon.purge_events($1::float8, $2::integer) AS deleted;
+
+-- name: delivery_plan
+-- Issue 13: per claimed outbox row ($1 ids, $2 the numbers in E.164, NULL where
+-- unusable), what decides whether and how it is sent.
+SELECT r.id, t.is_sensitive, o.force_template,
+       c.last_inbound_at > now() - interval '24 hours' AS in_window,
+       c.opted_out_at IS NOT NULL AS opted_out,
+       CASE WHEN c.unreachable_at IS NOT NULL THEN c.unreachable_code END AS unreachable_code
+FROM unnest($1::bigint[], $2::text[]) AS r(id, phone)
+JOIN sla_daemon.outbox o ON o.id = r.id
+LEFT JOIN public.tickets t ON t.id = o.ticket_id
+LEFT JOIN sla_daemon.contacts c ON c.phone = r.phone;
+
+-- name: record_delivery
+SELECT changed, language, requeued
+FROM sla_daemon.record_delivery($1::text, $2::text, $3::integer, $4::bigint, $5::text);
+
+-- name: record_inbound
+SELECT sla_daemon.record_inbound($1::text, $2::text, $3::text, $4::text) AS recorded;
+
+-- name: report_deliveries
+-- Issue 13: what Twilio's callbacks said about messages first reported in the period,
+-- per language. delivered counts delivered or read (read implies delivered).
+SELECT coalesce(d.language, 'unknown') AS language, count(*) AS reported,
+       count(*) FILTER (WHERE d.status IN ('delivered', 'read')) AS delivered,
+       count(*) FILTER (WHERE d.status = 'read') AS read,
+       count(*) FILTER (WHERE d.status IN ('failed', 'undelivered')) AS failed
+FROM sla_daemon.deliveries d
+WHERE d.created_at >= now() - $1::interval
+GROUP BY 1
+ORDER BY 1;
+
+-- name: report_failing_numbers
+-- Numbers with at least two failed messages in the period, worst first (masked in
+-- Python before they are shown).
+SELECT d.phone, count(*) AS failures,
+       (array_agg(d.error_code ORDER BY d.updated_at DESC))[1] AS last_error_code
+FROM sla_daemon.deliveries d
+WHERE d.created_at >= now() - $1::interval AND d.phone IS NOT NULL
+  AND d.status IN ('failed', 'undelivered')
+GROUP BY d.phone
+HAVING count(*) >= 2
+ORDER BY count(*) DESC, d.phone
+LIMIT 20;

@@ -55,7 +55,7 @@ def daemon_env(settings: Settings) -> dict[str, str]:
             continue
         if name == "twilio_auth_token":
             value = value.get_secret_value()
-        env[env_name(name)] = json.dumps(value) if isinstance(value, dict) else str(value)
+        env[env_name(name)] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     return env
 
 

@@ -22,7 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from types import TracebackType
 
+import aiohttp
 from aiohttp import web
+from twilio.request_validator import RequestValidator
 
 __all__ = [
     "TEST_ACCOUNT_SID",
@@ -89,6 +91,7 @@ class ReceivedMessage:
     content_variables: str | None
     received_monotonic: float
     received_time: float
+    status_callback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,16 @@ class FakeTwilio:
         self._runner: web.AppRunner | None = None
         self._date_second = -1
         self._date_text = ""
+        #: With enforce_window, body text to a number not in ``window`` (one that has
+        #: not written in 24 h) is answered by a signed 'failed' 63016 callback.
+        self.enforce_window = False
+        self.window: set[str] = set()
+        self.window_failure_delay = 0.3
+        #: Content API: templates created, and WhatsApp approval requests.
+        self.contents: list[dict[str, object]] = []
+        self.approvals: list[tuple[str, dict[str, object]]] = []
+        self._background: set[asyncio.Task[int]] = set()
+        self._session: aiohttp.ClientSession | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -148,6 +161,8 @@ class FakeTwilio:
         app.router.add_post(
             "/2010-04-01/Accounts/{account_sid}/Messages.json", self._create_message
         )
+        app.router.add_post("/v1/Content", self._create_content)
+        app.router.add_post("/v1/Content/{sid}/ApprovalRequests/whatsapp", self._request_approval)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
@@ -158,6 +173,12 @@ class FakeTwilio:
 
     async def close(self) -> None:
         self._closing.set()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -220,6 +241,90 @@ class FakeTwilio:
                     self._waiters.remove(waiter)
         return list(self.messages)
 
+    # --- webhooks: what Twilio sends to the daemon, signed ---------------------------
+
+    async def signed_post(
+        self, url: str, params: dict[str, str], *, token: str | None = None
+    ) -> int:
+        """POST a form to ``url`` signed as Twilio signs it (the real RequestValidator)."""
+        signature = RequestValidator(token or self.auth_token).compute_signature(url, params)
+        return await self.post(url, params, {"X-Twilio-Signature": signature})
+
+    async def post(self, url: str, params: dict[str, str], headers: dict[str, str]) -> int:
+        """POST a form with the given headers; the HTTP status."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.post(
+            url, data=params, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
+            await response.read()
+            return response.status
+
+    async def callback(
+        self, message: ReceivedMessage, status: str, error_code: int | None = None
+    ) -> int:
+        """One status callback for ``message`` to its StatusCallback URL."""
+        assert message.status_callback, "the message was sent without a StatusCallback"
+        params = {
+            "AccountSid": message.account_sid,
+            "ApiVersion": API_VERSION,
+            "From": message.from_,
+            "MessageSid": message.sid,
+            "MessageStatus": status,
+            "SmsSid": message.sid,
+            "SmsStatus": status,
+            "To": message.to,
+        }
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        return await self.signed_post(message.status_callback, params)
+
+    async def _window_failure(self, message: ReceivedMessage) -> int:
+        """Twilio reports 63016 a while after accepting the request, as here."""
+        try:
+            async with asyncio.timeout(self.window_failure_delay):
+                await self._closing.wait()
+        except TimeoutError:
+            pass
+        return await self.callback(message, "failed", error_code=63016)
+
+    async def inbound(self, url: str, from_: str, body: str, sid: str | None = None) -> int:
+        """A citizen writes ``body`` from ``from_`` (whatsapp:+27...); opens its window."""
+        self.window.add(from_)
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": API_VERSION,
+            "Body": body,
+            "From": from_,
+            "MessageSid": sid or "SM" + uuid.uuid4().hex,
+            "NumMedia": "0",
+            "To": "whatsapp:+14155238886",
+        }
+        return await self.signed_post(url, params)
+
+    # --- the Content API -------------------------------------------------------------
+
+    async def _create_content(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != self._expected_auth:
+            return self._error(self.account_sid, 401, 20003, "Authenticate")
+        definition = await request.json()
+        if not isinstance(definition, dict) or not definition.get("types"):
+            return self._error(self.account_sid, 400, 20001, "types is required")
+        sid = "HX" + uuid.uuid4().hex
+        self.contents.append({**definition, "sid": sid})
+        payload = {**definition, "sid": sid, "account_sid": self.account_sid}
+        return web.json_response(payload, status=201)
+
+    async def _request_approval(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != self._expected_auth:
+            return self._error(self.account_sid, 401, 20003, "Authenticate")
+        body = await request.json()
+        self.approvals.append((request.match_info["sid"], body))
+        return web.json_response(
+            {"name": body.get("name"), "category": body.get("category"), "status": "received"},
+            status=201,
+        )
+
     # --- the API --------------------------------------------------------------------
 
     async def _create_message(self, request: web.Request) -> web.Response:
@@ -242,6 +347,7 @@ class FakeTwilio:
             return self._error(account_sid, 400, 21604, "A 'To' and a 'From' are required.")
         body, content_sid = form.get("Body"), form.get("ContentSid")
         content_variables = form.get("ContentVariables")
+        callback = form.get("StatusCallback")
         if not isinstance(body, str) and not isinstance(content_sid, str):
             return self._error(account_sid, 400, 21619, "A text message Body is required.")
         sid = "SM" + uuid.uuid4().hex
@@ -257,8 +363,13 @@ class FakeTwilio:
                 content_variables=content_variables if isinstance(content_variables, str) else None,
                 received_monotonic=time.monotonic(),
                 received_time=now,
+                status_callback=callback if isinstance(callback, str) else None,
             )
         )
+        message = self.messages[-1]
+        if self.enforce_window and message.body is not None and to not in self.window:
+            # WhatsApp accepts the request, then fails free-form text outside the window.
+            self._background.add(asyncio.create_task(self._window_failure(message)))
         self.requests.append((account_sid, 201))
         if self._waiters:
             self._wake()
