@@ -331,8 +331,7 @@ def _apply(mutant: Mutant, root: Path) -> bool:
 
 def _run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
-    existing = tuple(t for t in tests if (root / t.split("::")[0]).exists())
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *existing]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(
             cmd, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS
@@ -365,6 +364,9 @@ def run_mutant(mutant: Mutant) -> Result:
         shutil.copytree(ROOT, root, ignore=COPY_IGNORE)
         if not _apply(mutant, root):
             return Result(mutant, "stale", f"text not found once in {mutant.path}", 0.0)
+        missing = [t for t in mutant.tests if not (root / t.split("::")[0]).exists()]
+        if missing:
+            return Result(mutant, "stale", f"no such test: {', '.join(missing)}", 0.0)
         code, output = _run_tests(root, mutant.tests)
     seconds = time.monotonic() - started
     if code == 0:
