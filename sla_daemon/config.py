@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     send_concurrency: int = Field(default=32, ge=1, le=1000)
     send_rate_per_second: float = Field(default=80.0, gt=0)
     send_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: While Twilio refuses the credentials, one message is sent this often as a probe.
+    twilio_probe_seconds: float = Field(default=30.0, gt=0)
+    #: Longest Twilio-wide pause after a rate limit (Retry-After or backoff).
+    twilio_backoff_max_seconds: float = Field(default=60.0, gt=0)
 
     # --- outbox -------------------------------------------------------------------
     outbox_batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -55,6 +55,7 @@ class Daemon:
         self.outbox: OutboxProcessor | None = None
         self.timer: SLATimer | None = None
         self.listener: Listener | None = None
+        self.notifications: NotificationService | None = None
         self.metrics_server: MetricsServer | None = None
         self.webhook_server: WebhookServer | None = None
         self._pool: asyncpg.Pool | None = None
@@ -68,8 +69,20 @@ class Daemon:
         self.stopping.set()
 
     def health(self) -> tuple[bool, str]:
-        """Healthy only while work can be done: the listener and the pool answer, the
-        pool can write, and no loop has been failing for SLA_DAEMON_UNHEALTHY_AFTER_SECONDS."""
+        """Ready (/healthz 200) only while messages can go out: alive, and Twilio has not
+        refused the credentials (``twilio=unauthorized``)."""
+        ok, detail = self.liveness()
+        twilio = self.notifications.gate.problem() if self.notifications else None
+        if twilio is None:
+            return ok, detail
+        head, _, problems = detail.partition("; ")
+        return False, "; ".join(filter(None, [f"{head} {twilio}", problems]))
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive (watchdog pings) while work can be done: the listener and the pool answer,
+        the pool can write, and no loop has been failing for
+        SLA_DAEMON_UNHEALTHY_AFTER_SECONDS. A refused Twilio token is not in it: a
+        restart cannot fix a token, and the daemon resumes by itself once it is fixed."""
         listener_ok = self.listener is not None and self.listener.healthy
         pool = "down" if not self._pool_ok else "read-only" if self._pool_read_only else "ok"
         problems = self.loops.problems(self.settings.unhealthy_after_seconds)
@@ -119,7 +132,8 @@ class Daemon:
             self._pool_ok = True
             if s.webhook_address:
                 await self._start_webhooks(pool)
-            async with NotificationService(s, catalog) as notifications:
+            async with NotificationService(s, catalog, metrics=self.metrics) as notifications:
+                self.notifications = notifications
                 await self._serve(pool, notifications)
         finally:
             systemd.stopping()
@@ -256,7 +270,7 @@ class Daemon:
             self.loops.update_metrics()
             ok, detail = self.health()
             self.metrics.healthy.set(1 if ok else 0)
-            if ok:
+            if self.liveness()[0]:
                 systemd.watchdog()
             nxt = self.timer.next_at if self.timer else None
             systemd.status(

@@ -137,6 +137,18 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.twilio_paused = Gauge(
+            "sla_daemon_twilio_paused",
+            "1 while sending is paused because Twilio refused the credentials (401/403,"
+            " 20003), probed with one message at a time; 0 otherwise",
+            registry=r,
+        )
+        self.twilio_slowdowns = Counter(
+            "sla_daemon_twilio_slowdowns",
+            "Times Twilio's rate limit (429, 20429, 63018) paused every POST of this"
+            " daemon (for Retry-After, or an exponential backoff)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,12 @@
 """WhatsApp status messages through Twilio: the only module that talks to Twilio.
 
 It never raises for a failed send: it returns a SendResult saying whether the outbox
-should record the SID, retry later, or dead-letter the message. Twilio has no
-idempotency key, so nothing here retries by itself (a timed-out POST may have been
-accepted); retries belong to the outbox, whose backoff survives restarts.
+should record the SID, retry later, hand the row back uncounted, or dead-letter the
+message. Twilio has no idempotency key, so nothing here retries by itself (a
+timed-out POST may have been accepted); retries belong to the outbox, whose backoff
+survives restarts. Trouble that is Twilio-wide rather than the message's (refused
+credentials, rate limits) is told to the sender's TwilioGate, which pauses or slows
+every send at once.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -25,7 +29,9 @@ from twilio.rest import Client
 
 from sla_daemon.config import Settings
 from sla_daemon.messages import CatalogError, MessageCatalog
+from sla_daemon.metrics import Metrics
 from sla_daemon.phones import InvalidPhoneError, mask_phone, normalize_phone, whatsapp_address
+from sla_daemon.twilio_gate import TwilioGate, is_auth_failure, parse_retry_after
 
 __all__ = [
     "PERMANENT_CODES",
@@ -39,10 +45,12 @@ __all__ = [
     "classify_failure",
 ]
 
+#: 'released': not sent through no fault of the message (its claim no longer covers a
+#: send, or Twilio refused the credentials): hand it back with its attempt uncounted.
 Outcome = Literal["sent", "dry_run", "retry", "dead", "released", "opted_out", "withheld"]
 #: Called with the send slot and rate token held, just before the POST: False means
-#: "do not send" (the outbox's claim no longer covers a send), and the result is
-#: 'released'.
+#: "do not send" (the outbox's claim no longer covers a send, or sending is paused),
+#: and the result is 'released'.
 Guard = Callable[[], Awaitable[bool]]
 
 #: Twilio error codes that will fail the same way for this message every time.
@@ -79,6 +87,8 @@ class SendResult:
     http_status: int | None = None
     language: str | None = None
     content_sid: str | None = None
+    #: after a rate limit: seconds until the sender POSTs again
+    retry_after: float | None = None
 
     @property
     def rate_limited(self) -> bool:
@@ -86,16 +96,17 @@ class SendResult:
         return self.http_status == 429 or self.error_code in RATE_LIMIT_CODES
 
 
-def classify_failure(status: int | None, code: int | None) -> Literal["retry", "dead"]:
-    """Twilio's HTTP status and error code -> retry later, or give up on this message."""
+def classify_failure(status: int | None, code: int | None) -> Literal["retry", "dead", "released"]:
+    """Twilio's HTTP status and error code -> retry later, give up on this message, or
+    hand it back uncounted."""
     if status == 429 or code in RATE_LIMIT_CODES:
         return "retry"
     if code in PERMANENT_CODES:
         return "dead"
-    if status in (401, 403):
-        # Bad or rotated credentials fail every message alike: keep them queued
-        # (and loud in the logs) until the operator fixes the token.
-        return "retry"
+    if is_auth_failure(status, code):
+        # Bad or rotated credentials fail every message alike, and not through any
+        # fault of the message: it goes back to the queue uncounted (sending pauses).
+        return "released"
     if status is not None and 400 <= status < 500:
         return "dead"
     return "retry"
@@ -105,7 +116,9 @@ class TokenBucket:
     """Reservation token bucket: each caller takes a slot now and sleeps until it is due.
 
     Reserving is synchronous, so callers are served in arrival order without a lock, and
-    the wait is computed rather than polled (which also makes it testable).
+    the wait is computed rather than polled (which also makes it testable). A global
+    "not before" time (``hold_until``, after a rate limit) holds every caller, those
+    already waiting too; the bucket then starts again from one token, at its rate.
     """
 
     def __init__(
@@ -118,18 +131,37 @@ class TokenBucket:
         self._clock = clock
         self._tokens = burst
         self._updated = clock()
+        self._not_before = float("-inf")
+
+    def hold_until(self, when: float) -> None:
+        """No token is used before ``when`` (the clock's time); later holds win."""
+        if when > self._not_before:
+            self._not_before = when
+            self._tokens = min(self._tokens, 1.0)
+            self._updated = max(self._updated, when)
 
     def reserve(self) -> float:
         """Take one token; return the seconds to wait before using it (0 if available)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        real = self._clock()
+        now = max(real, self._not_before)
+        refill = max(0.0, now - self._updated) * self.rate
+        self._tokens = min(self.burst, self._tokens + refill)
+        self._updated = max(self._updated, now)
         self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        wait = now - real
+        return wait if self._tokens >= 0 else wait - self._tokens / self.rate
 
     async def acquire(self) -> None:
-        if (wait := self.reserve()) > 0:
-            await asyncio.sleep(wait)
+        """Wait for a token; a hold set while waiting means waiting for a new one."""
+        held = self._not_before
+        wait = self.reserve()
+        while True:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self._not_before <= held:
+                return
+            held = self._not_before
+            wait = self.reserve()
 
 
 class NotificationService:
@@ -140,6 +172,7 @@ class NotificationService:
         settings: Settings,
         catalog: MessageCatalog,
         logger: logging.Logger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
@@ -147,6 +180,11 @@ class NotificationService:
         self._semaphore = asyncio.Semaphore(settings.send_concurrency)
         rate = settings.send_rate_per_second
         self.bucket = TokenBucket(rate, burst=max(1.0, min(rate / 4, 20.0)))
+        self.gate = TwilioGate(
+            backoff_base=settings.retry_base_seconds,
+            backoff_cap=settings.twilio_backoff_max_seconds,
+            metrics=metrics,
+        )
         self._http: AsyncTwilioHttpClient | None = None
         self._client: Any = None
         self._from: str | None = None
@@ -166,7 +204,7 @@ class NotificationService:
         if auth_token is None:  # unreachable: effective_dry_run means Twilio is configured
             raise RuntimeError("Twilio credentials are missing")
         # No max_retries: its aiohttp_retry wrapper re-POSTs on 5xx and can send twice.
-        self._http = AsyncTwilioHttpClient(logger=logging.getLogger(TWILIO_HTTP_LOGGER))
+        self._http = _HeaderKeepingHttpClient(logger=logging.getLogger(TWILIO_HTTP_LOGGER))
         # A non-empty environment keeps twilio from reading TWILIO_EDGE/TWILIO_REGION from
         # os.environ, which would rewrite the host of TWILIO_API_BASE_URL.
         self._client = Client(
@@ -337,18 +375,29 @@ class NotificationService:
             await self.bucket.acquire()
             if guard is not None and not await guard():
                 return SendResult("released", body=body, language=lang, content_sid=content_sid)
+            started = time.monotonic()
+            answers: list[Mapping[str, str]] = []
+            kept = _ANSWER_HEADERS.set(answers)
             try:
                 async with asyncio.timeout(timeout):
                     message = await self._client.messages.create_async(**kwargs)
             except (TwilioRestException, TwilioServiceException) as exc:
                 status = _int_or_none(getattr(exc, "status", None))
                 code = _int_or_none(getattr(exc, "code", None))
-                text = getattr(exc, "msg", None) or getattr(exc, "title", None) or "error"
+                said = getattr(exc, "msg", None) or getattr(exc, "title", None) or "error"
+                text = _scrub(f"HTTP {status}: {said}")
+                outcome = classify_failure(status, code)
+                retry_after = None
+                if status == 429 or code in RATE_LIMIT_CODES:
+                    asked = parse_retry_after(answers[-1].get("Retry-After") if answers else None)
+                    retry_after = self.gate.rate_limited(started, asked)
+                    self.bucket.hold_until(time.monotonic() + retry_after)
+                elif outcome == "released":
+                    self.gate.refused(f"HTTP {status}, error {code}")
+                else:
+                    self.gate.accepted()
                 return failed(
-                    classify_failure(status, code),
-                    _scrub(f"HTTP {status}: {text}"),
-                    error_code=code,
-                    http_status=status,
+                    outcome, text, error_code=code, http_status=status, retry_after=retry_after
                 )
             except TimeoutError:  # before OSError: TimeoutError is one
                 return failed("retry", f"no answer within {timeout:g}s; Twilio may have sent it")
@@ -357,9 +406,34 @@ class NotificationService:
             except Exception as exc:
                 self._log.exception("unexpected error from the Twilio client")
                 return failed("retry", f"unexpected {type(exc).__name__}")
+            finally:
+                _ANSWER_HEADERS.reset(kept)
+        self.gate.sent()
         return SendResult(
             "sent", sid=str(message.sid), body=body, language=lang, content_sid=content_sid
         )
+
+
+#: Where the HTTP client puts the headers of each answer, for the send that asked.
+_ANSWER_HEADERS: ContextVar[list[Mapping[str, str]] | None] = ContextVar(
+    "twilio_answer_headers", default=None
+)
+
+
+class _HeaderKeepingHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """twilio-python's own client, keeping each answer's headers for the send that asked.
+
+    TwilioRestException carries no headers, and Twilio's Retry-After is one. Each send
+    runs in its own task, so a context variable set around the call reaches this
+    method and no other send's (the client's one ``_test_only_last_response`` is
+    shared by all concurrent requests)."""
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        response = await super().request(*args, **kwargs)
+        answers = _ANSWER_HEADERS.get()
+        if answers is not None and response.headers is not None:
+            answers.append(response.headers)
+        return response
 
 
 def _int_or_none(value: object) -> int | None:

@@ -10,6 +10,12 @@ Every claim carries a fencing token, and every finish names it: an outcome from 
 older claim (its lease ran out and the row was claimed again) changes nothing. A row
 is POSTed only while its lease still covers the send timeout plus a margin; a row
 that waited longer in the send queue has its lease extended first, or is handed back.
+
+While Twilio refuses the credentials (the sender's TwilioGate is paused) nothing is
+claimed and queued rows are handed back uncounted; one row is claimed and sent as a
+probe every SLA_DAEMON_TWILIO_PROBE_SECONDS until Twilio accepts it. A row that met
+a rate limit is retried when the sender's Twilio-wide pause ends, its attempt
+counted, but a rate limit alone never makes it dead.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +32,7 @@ from uuid import UUID
 import asyncpg
 
 from .aio import wait_any
+from .backoff import retry_delay
 from .config import LEASE_MARGIN_SECONDS, Settings
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
@@ -76,14 +82,6 @@ class _Outcome:
     language: str | None = None
 
 
-def retry_delay(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(cap, base * 2^(n-1)).
-
-    The exponent is bounded, so no attempt count overflows a float."""
-    ceiling = min(cap, base * 2.0 ** min(max(attempts - 1, 0), 64))
-    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-
 class AwakeMark(Protocol):
     """Where writers look to see that the sender is awake (the daemon's Listener)."""
 
@@ -115,6 +113,9 @@ class OutboxProcessor:
         #: monotonic time by which each claim's lease runs out (counted from before
         #: the claim was asked for, so never later than the database's)
         self._lease_until: dict[tuple[int, int], float] = {}
+        self._gate = notifications.gate
+        #: the one claim sent while sending is paused, to learn whether Twilio accepts us
+        self._probe: tuple[int, int] | None = None
         self._results: list[_Outcome] = []
         self._have_results = asyncio.Event()
         self._progress = asyncio.Event()
@@ -142,6 +143,8 @@ class OutboxProcessor:
         needed = s.send_timeout_seconds + LEASE_MARGIN_SECONDS
 
         async def may_send() -> bool:
+            if self._gate.paused and row.key != self._probe:
+                return False  # handed back uncounted; the probe finds out when to resume
             started = time.monotonic()
             if started + needed < self._lease_until.get(row.key, 0.0):
                 return True
@@ -180,6 +183,9 @@ class OutboxProcessor:
     async def _claim_loop(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         poll = self._settings.outbox_poll_seconds
         while not stopping.is_set():
+            if self._gate.paused:
+                await self._probe_paused(stopping)
+                continue
             room = self._capacity - len(self._inflight)
             if room <= 0:
                 await wait_any(self._progress, stopping, timeout=poll)
@@ -206,6 +212,18 @@ class OutboxProcessor:
                 self._start(rows)
                 continue
             await wait_any(wake, stopping, timeout=poll)
+
+    async def _probe_paused(self, stopping: asyncio.Event) -> None:
+        """Twilio refused the credentials: wait a probe interval (or until sending
+        resumes), then claim and send one row, unless the last probe is still out."""
+        await wait_any(stopping, self._gate.resumed, timeout=self._settings.twilio_probe_seconds)
+        if stopping.is_set() or not self._gate.paused or self._probe in self._inflight:
+            return
+        rows = await self._claim(1)
+        if rows:
+            self._probe = rows[0].key
+            log.info("Twilio sending paused: probing with outbox row %s", rows[0].id)
+            self._start(rows)
 
     async def _claim(self, limit: int) -> list[OutboxRow]:
         asked = time.monotonic()
@@ -254,7 +272,9 @@ class OutboxProcessor:
             return _Outcome(
                 row.id, token, "dead", code=result.error_code, error=result.error, language=lang
             )
-        if row.attempts >= self._settings.max_attempts:
+        # A rate limit is the sender's pause, not the row's fault: never dead for it alone,
+        # and retried when the Twilio-wide pause ends.
+        if row.attempts >= self._settings.max_attempts and not result.rate_limited:
             return _Outcome(
                 row.id,
                 token,
@@ -269,7 +289,7 @@ class OutboxProcessor:
             "pending",
             code=result.error_code,
             error=result.error,
-            retry_in=self._delay(row),
+            retry_in=self._delay(row) if result.retry_after is None else result.retry_after,
             language=lang,
         )
 

@@ -12,8 +12,11 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -133,3 +136,17 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
     p = await db.create_pool(dsn, min_size=1, max_size=8)
     yield p
     await p.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET, and its path."""
+    folder = Path(tempfile.mkdtemp(prefix="sdn"))
+    path = str(folder / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    yield sock, path
+    sock.close()
+    Path(path).unlink(missing_ok=True)
+    folder.rmdir()

@@ -2,8 +2,12 @@
 
 It answers ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` the way Twilio does
 (201 with the Message JSON, or Twilio's error JSON), checks Basic auth, and can be
-scripted to fail or stall the next requests. (The benchmark has its own, leaner
-fake: ``benchmarks/recording_twilio.py``, which shares ``message_resource``.)
+scripted to fail or stall the next requests, to refuse every request until told
+otherwise (a revoked token), to send ``Retry-After``, and to answer a share of the
+requests slowly. Every POST is also recorded on arrival (``arrivals``), with whether
+its answer reached the client, so duplicates and reorderings can be counted by what
+Twilio would have received (``delivery_faults``). (The benchmark's throughput fake is
+leaner: ``benchmarks/recording_twilio.py``, which shares ``message_resource``.)
 
     async with FakeTwilio() as fake:
         fake.fail_next(status=429, code=20429)
@@ -19,6 +23,7 @@ import collections
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -29,9 +34,12 @@ from twilio.request_validator import RequestValidator
 __all__ = [
     "TEST_ACCOUNT_SID",
     "TEST_AUTH_TOKEN",
+    "Arrival",
+    "DeliveryFaults",
     "FakeTwilio",
     "Planned",
     "ReceivedMessage",
+    "delivery_faults",
     "message_resource",
 ]
 
@@ -42,6 +50,7 @@ API_VERSION = "2010-04-01"
 _ERROR_TEXT = {
     400: "Bad Request",
     401: "Authenticate",
+    403: "Forbidden",
     404: "The requested resource was not found",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -94,6 +103,18 @@ class ReceivedMessage:
     status_callback: str | None = None
 
 
+@dataclass
+class Arrival:
+    """One well-formed POST, recorded when it arrived (before any planned delay)."""
+
+    to: str
+    body: str | None
+    received_monotonic: float
+    #: the answer was 201 and reached the client (False: an error, or the client had
+    #: given up, so a sender must assume nothing and may send again)
+    answered: bool = False
+
+
 @dataclass(frozen=True)
 class Planned:
     """How to answer one future request: wait ``delay`` seconds, then fail or accept."""
@@ -102,6 +123,41 @@ class Planned:
     code: int | None = None
     message: str | None = None
     delay: float = 0.0
+    #: a Retry-After header (seconds, or an HTTP date) on the answer
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryFaults:
+    """Per ticket, by arrival at the fake: what a citizen would have seen wrong."""
+
+    #: a ticket's status arriving again after an earlier POST of it was answered
+    duplicates: int
+    #: an older status arriving after a newer one
+    reorderings: int
+    #: POSTs whose answer did not reach the sender (which may then send again)
+    unanswered: int
+
+
+def delivery_faults(
+    arrivals: list[Arrival], key: Callable[[str | None], tuple[str, int] | None]
+) -> DeliveryFaults:
+    """Count duplicates and reorderings; ``key`` maps a body to (ticket, status rank)."""
+    answered: set[tuple[str, int]] = set()
+    newest: dict[str, int] = {}
+    duplicates = reorderings = unanswered = 0
+    for arrival in arrivals:
+        unanswered += not arrival.answered
+        found = key(arrival.body)
+        if found is None:
+            continue
+        ticket, rank = found
+        duplicates += found in answered
+        reorderings += rank < newest.get(ticket, rank)
+        newest[ticket] = max(rank, newest.get(ticket, rank))
+        if arrival.answered:
+            answered.add(found)
+    return DeliveryFaults(duplicates, reorderings, unanswered)
 
 
 @dataclass
@@ -127,10 +183,15 @@ class FakeTwilio:
         self.messages: list[ReceivedMessage] = []
         #: (account SID, HTTP status) of every POST, accepted or not.
         self.requests: list[tuple[str, int]] = []
-        #: The To of every authenticated POST as it arrives, before any planned delay:
-        #: which messages are in flight while their answers are held back.
-        self.arrivals: list[str] = []
+        #: monotonic time each POST was answered, in answer order (with ``requests``)
+        self.answered_at: list[float] = []
+        #: every well-formed POST, in arrival order
+        self.arrivals: list[Arrival] = []
         self._plan: collections.deque[Planned] = collections.deque()
+        self._failing: Planned | None = None
+        self._slow_every = 0
+        self._slow_seconds = 0.0
+        self._posts = 0
         self._waiters: list[_Waiter] = []
         self._expected_auth = "Basic " + base64.b64encode(
             f"{account_sid}:{auth_token}".encode()
@@ -204,9 +265,22 @@ class FakeTwilio:
         message: str | None = None,
         times: int = 1,
         delay: float = 0.0,
+        retry_after: str | None = None,
     ) -> None:
         """Answer the next ``times`` requests with this error (Twilio's error JSON)."""
-        self._plan.extend([Planned(status, code, message, delay)] * times)
+        self._plan.extend([Planned(status, code, message, delay, retry_after)] * times)
+
+    def fail_all(self, status: int, code: int | None = None, message: str | None = None) -> None:
+        """Answer every request with this error until ``recover()`` (a revoked token)."""
+        self._failing = Planned(status, code, message)
+
+    def recover(self) -> None:
+        """Stop failing every request."""
+        self._failing = None
+
+    def slow(self, seconds: float, every: int = 2) -> None:
+        """Answer every ``every``-th POST (the 1st, the 3rd, ...) after ``seconds``."""
+        self._slow_every, self._slow_seconds = every, seconds
 
     def delay_next(self, seconds: float, times: int = 1) -> None:
         """Accept the next ``times`` requests, but only after ``seconds``."""
@@ -216,8 +290,11 @@ class FakeTwilio:
         """Forget received messages and planned responses."""
         self.messages.clear()
         self.requests.clear()
+        self.answered_at.clear()
         self.arrivals.clear()
         self._plan.clear()
+        self._failing = None
+        self._slow_every = 0
 
     async def wait_for(
         self,
@@ -306,10 +383,12 @@ class FakeTwilio:
 
     async def _create_content(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != self._expected_auth:
-            return self._error(self.account_sid, 401, 20003, "Authenticate")
+            return await self._error(request, self.account_sid, Planned(401, 20003, "Authenticate"))
         definition = await request.json()
         if not isinstance(definition, dict) or not definition.get("types"):
-            return self._error(self.account_sid, 400, 20001, "types is required")
+            return await self._error(
+                request, self.account_sid, Planned(400, 20001, "types is required")
+            )
         sid = "HX" + uuid.uuid4().hex
         self.contents.append({**definition, "sid": sid})
         payload = {**definition, "sid": sid, "account_sid": self.account_sid}
@@ -317,7 +396,7 @@ class FakeTwilio:
 
     async def _request_approval(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != self._expected_auth:
-            return self._error(self.account_sid, 401, 20003, "Authenticate")
+            return await self._error(request, self.account_sid, Planned(401, 20003, "Authenticate"))
         body = await request.json()
         self.approvals.append((request.match_info["sid"], body))
         return web.json_response(
@@ -327,29 +406,38 @@ class FakeTwilio:
 
     # --- the API --------------------------------------------------------------------
 
-    async def _create_message(self, request: web.Request) -> web.Response:
+    async def _create_message(self, request: web.Request) -> web.StreamResponse:
         account_sid = request.match_info["account_sid"]
         if request.headers.get("Authorization") != self._expected_auth:
-            return self._error(account_sid, 401, 20003, "Authenticate")
+            return await self._error(request, account_sid, Planned(401, 20003, "Authenticate"))
         form = await request.post()
-        self.arrivals.append(str(form.get("To")))
-        plan = self._plan.popleft() if self._plan else None
-        if plan is not None and plan.delay > 0:
-            try:
-                async with asyncio.timeout(plan.delay):
-                    await self._closing.wait()
-            except TimeoutError:
-                pass
-        if plan is not None and plan.status >= 300:
-            return self._error(account_sid, plan.status, plan.code, plan.message)
         to, from_ = form.get("To"), form.get("From")
         if not isinstance(to, str) or not isinstance(from_, str):
-            return self._error(account_sid, 400, 21604, "A 'To' and a 'From' are required.")
+            return await self._error(
+                request, account_sid, Planned(400, 21604, "A 'To' and a 'From' are required.")
+            )
         body, content_sid = form.get("Body"), form.get("ContentSid")
         content_variables = form.get("ContentVariables")
         callback = form.get("StatusCallback")
         if not isinstance(body, str) and not isinstance(content_sid, str):
-            return self._error(account_sid, 400, 21619, "A text message Body is required.")
+            return await self._error(
+                request, account_sid, Planned(400, 21619, "A text message Body is required.")
+            )
+        arrival = Arrival(to, body if isinstance(body, str) else None, time.monotonic())
+        self.arrivals.append(arrival)
+        self._posts += 1
+        plan = self._plan.popleft() if self._plan else self._failing
+        delay = plan.delay if plan is not None else 0.0
+        if self._slow_every and self._posts % self._slow_every == 1 % self._slow_every:
+            delay = max(delay, self._slow_seconds)
+        if delay > 0:
+            try:
+                async with asyncio.timeout(delay):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
+        if plan is not None and plan.status >= 300:
+            return await self._error(request, account_sid, plan)
         sid = "SM" + uuid.uuid4().hex
         now = time.time()
         self.messages.append(
@@ -370,30 +458,48 @@ class FakeTwilio:
         if self.enforce_window and message.body is not None and to not in self.window:
             # WhatsApp accepts the request, then fails free-form text outside the window.
             self._background.add(asyncio.create_task(self._window_failure(message)))
-        self.requests.append((account_sid, 201))
         if self._waiters:
             self._wake()
         date = self._date(now)
         payload = message_resource(
             account_sid, sid, from_, to, body if isinstance(body, str) else "", date
         )
-        return web.Response(
+        response = web.Response(
             status=201, body=json.dumps(payload).encode(), content_type="application/json"
         )
+        arrival.answered = await self._answer(request, response, account_sid)
+        return response
 
-    def _error(
-        self, account_sid: str, status: int, code: int | None, message: str | None
-    ) -> web.Response:
-        self.requests.append((account_sid, status))
+    async def _answer(self, request: web.Request, response: web.Response, account_sid: str) -> bool:
+        """Write the answer now; False when the client had already gone (answer lost)."""
+        self.requests.append((account_sid, response.status))
+        self.answered_at.append(time.monotonic())
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def _error(self, request: web.Request, account_sid: str, plan: Planned) -> web.Response:
         payload = {
-            "code": code,
-            "message": message or _ERROR_TEXT.get(status, "Error"),
-            "more_info": f"https://www.twilio.com/docs/errors/{code or status}",
-            "status": status,
+            "code": plan.code,
+            "message": plan.message or _ERROR_TEXT.get(plan.status, "Error"),
+            "more_info": f"https://www.twilio.com/docs/errors/{plan.code or plan.status}",
+            "status": plan.status,
         }
-        return web.Response(
-            status=status, body=json.dumps(payload).encode(), content_type="application/json"
+        headers = {"Retry-After": plan.retry_after} if plan.retry_after is not None else None
+        response = web.Response(
+            status=plan.status,
+            body=json.dumps(payload).encode(),
+            content_type="application/json",
+            headers=headers,
         )
+        await self._answer(request, response, account_sid)
+        return response
 
     def _wake(self) -> None:
         received = len(self.messages)

@@ -143,7 +143,7 @@ async def test_a_row_queued_past_its_lease_margin_is_extended_or_handed_back(
             list(by_to.values()),
         )
         await eventually(lambda: fake.arrivals, what="the first POST in flight")
-        first = by_to[fake.arrivals[0]]
+        first = by_to[fake.arrivals[0].to]
         moved_on, extended = [t for t in by_to.values() if t != first]
         # while its row waits in the send queue, this ticket changes again
         await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", moved_on)

@@ -45,6 +45,7 @@ def make_settings(base_url: str, **overrides: Any) -> Settings:
         "send_rate_per_second": 1000.0,
         "send_concurrency": 16,
         "send_timeout_seconds": 5.0,
+        "retry_base_seconds": 0.05,  # the Twilio-wide pause after a rate limit
         "twilio_content_sids": {},
     }
     values.update(overrides)
@@ -176,13 +177,15 @@ async def test_connection_refused_is_retried(catalog: MessageCatalog) -> None:
     assert result.error is not None and "Connect" in result.error
 
 
-async def test_wrong_credentials_are_retried_not_dead(
+async def test_wrong_credentials_hand_the_message_back_and_pause_sending(
     fake: FakeTwilio, catalog: MessageCatalog
 ) -> None:
     # a rotated token would otherwise dead-letter every queued message
     async with service(fake, catalog, twilio_auth_token="wrong") as notifier:
         result = await notifier.send_status_update(PHONE, TRACKING, "open", "en")
-    assert result.outcome == "retry" and result.error_code == 20003 and result.http_status == 401
+        assert notifier.gate.paused and notifier.gate.problem() == "twilio=unauthorized"
+    assert result.outcome == "released" and result.error_code == 20003
+    assert result.http_status == 401
     assert "wrong" not in (result.error or "")
     assert not fake.messages
 
@@ -338,8 +341,11 @@ async def test_close_is_idempotent(fake: FakeTwilio, catalog: MessageCatalog) ->
         (400, 63003, "dead"),
         (400, 63016, "dead"),
         (404, 20404, "dead"),
-        (401, 20003, "retry"),
-        (403, 20003, "retry"),
+        (401, 20003, "released"),
+        (403, 20003, "released"),
+        (403, None, "released"),
+        (400, 20003, "released"),
+        (403, 21408, "dead"),
         (400, None, "dead"),
         (429, 20429, "retry"),
         (429, None, "retry"),

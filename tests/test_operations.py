@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -17,19 +14,6 @@ from . import factories as f
 from .daemon_harness import DaemonProcess, daemon_settings, running
 from .fake_twilio import FakeTwilio
 from .waiting import eventually
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    folder = Path(tempfile.mkdtemp(prefix="sdn"))
-    path = str(folder / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.setblocking(False)
-    yield sock, path
-    sock.close()
-    Path(path).unlink(missing_ok=True)
-    folder.rmdir()
 
 
 async def receive_until(sock: socket.socket, wanted: str, timeout: float = 20) -> list[str]:
