@@ -300,6 +300,50 @@ MUTANTS: tuple[Mutant, ...] = (
         'SERVER_SETTINGS = {"application_name": "sla-daemon"}',
         ("tests/test_boundary.py",),
     ),
+    # --- Twilio-wide trouble --------------------------------------------------------
+    Mutant(
+        "auth-pauses",
+        "a refused token pauses sending and never dead-letters a row",
+        "sla_daemon/notifications.py",
+        "        # fault of the message: it goes back to the queue uncounted (sending pauses).\n"
+        '        return "released"',
+        "        # fault of the message: it goes back to the queue uncounted (sending pauses).\n"
+        '        return "retry"',
+        ("tests/test_twilio_trouble.py",),
+    ),
+    Mutant(
+        "rate-limit-holds-all",
+        "a rate limit holds every POST of the daemon, not only the row's",
+        "sla_daemon/notifications.py",
+        "                    self.bucket.hold_until(time.monotonic() + retry_after)\n",
+        "",
+        ("tests/test_twilio_trouble.py",),
+    ),
+    # --- delivery truth -------------------------------------------------------------
+    Mutant(
+        "callback-forward-only",
+        "a status callback moves a message's delivery state only forward",
+        "sql/migrations/0012_delivery.sql",
+        "        WHERE sla_daemon.delivery_rank(EXCLUDED.status) > sla_daemon.delivery_rank(d.status)",
+        "        WHERE true",
+        ("tests/test_webhooks.py",),
+    ),
+    Mutant(
+        "webhook-signature",
+        "an unsigned or badly signed webhook changes nothing",
+        "sla_daemon/webhooks.py",
+        "        if not self._validator.validate(url, params, signature, algorithm):",
+        "        if False:",
+        ("tests/test_webhooks.py",),
+    ),
+    Mutant(
+        "opt-out",
+        "no message goes to a number that opted out (STOP)",
+        "sla_daemon/conversation.py",
+        "        if plan.opted_out:",
+        "        if False:",
+        ("tests/test_webhooks.py",),
+    ),
     # --- what citizens and logs see -------------------------------------------------
     Mutant(
         "masking",
