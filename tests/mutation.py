@@ -324,7 +324,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "callback-forward-only",
         "a status callback moves a message's delivery state only forward",
         "sql/migrations/0012_delivery.sql",
-        "        WHERE sla_daemon.delivery_rank(EXCLUDED.status) > sla_daemon.delivery_rank(d.status)",
+        "        WHERE sla_daemon.delivery_rank(EXCLUDED.status)"
+        " > sla_daemon.delivery_rank(d.status)",
         "        WHERE true",
         ("tests/test_webhooks.py",),
     ),
