@@ -45,6 +45,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         if not settings.database_url:
             raise DaemonError("DATABASE_URL is not set")
+        if settings.twilio_partial and not settings.dry_run:
+            raise DaemonError("Twilio is half configured (sla-daemon check says what is missing)")
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.stopping = asyncio.Event()
@@ -94,7 +96,7 @@ class Daemon:
         if s.effective_dry_run:
             log.warning(
                 "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
-                "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
+                "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "no Twilio setting is given",
             )
         pool = await self._connect_pool(dsn)
         self._pool = pool

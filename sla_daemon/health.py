@@ -38,6 +38,8 @@ def _describe_one(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate == "42501":  # insufficient_privilege: the fix is a GRANT
+        return f"{described} (SQLSTATE 42501: a grant is missing; sla-daemon check names it)"
     return f"{described} (SQLSTATE {sqlstate})" if sqlstate else described
 
 
