@@ -304,6 +304,8 @@ async def test_report_json_numbers_are_exact(conn: asyncpg.Connection, dsn: str)
         open=6, in_progress=1, at_risk=2, breached=3, escalated=2, created=13, measured=9, met=4
     )
     assert data["total"]["compliance_pct"] == 44.4
+    # The grand total is all municipalities: it names none of them.
+    assert [data["total"][k] for k in ("municipality_id", "municipality", "category")] == [None] * 3
     outbox = data["outbox"]
     assert (outbox["backlog"], outbox["dead"]) == (4, 3)
     assert outbox["oldest_pending_seconds"] >= 0
