@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     # --- listener -----------------------------------------------------------------
     health_interval_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=2.0, gt=0)
-    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    #: Longest wait between reconnect attempts: short, so the daemon is healthy again
+    #: within seconds of the database's return (well inside WatchdogSec=30).
+    reconnect_max_seconds: float = Field(default=3.0, gt=0, le=10)
 
     # --- process ------------------------------------------------------------------
     shutdown_grace_seconds: float = Field(default=10.0, gt=0)

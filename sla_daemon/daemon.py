@@ -20,7 +20,7 @@ from . import db, systemd
 from .aio import wait_any
 from .config import Settings
 from .escalation import EscalationService
-from .health import LoopHealth
+from .health import LoopHealth, describe_error
 from .listener import Listener
 from .messages import MessageCatalog
 from .metrics import Metrics, MetricsServer
@@ -227,11 +227,14 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 read_only = await asyncio.wait_for(self._check_pool(pool), s.health_timeout_seconds)
+                if not self._pool_ok:
+                    log.info("the database pool answers again")
                 self._pool_ok = True
                 await self._note_read_only(pool, read_only)
             except db.DB_ERRORS as exc:
+                if self._pool_ok:  # once per outage, not per check
+                    log.warning("database pool failed its health check: %s", describe_error(exc))
                 self._pool_ok = False
-                log.warning("database pool failed its health check: %s", exc)
             self.loops.update_metrics()
             ok, detail = self.health()
             self.metrics.healthy.set(1 if ok else 0)
@@ -243,7 +246,8 @@ class Daemon:
                 f" dead {self._backlog[1]}; next deadline "
                 + (nxt.isoformat(timespec="seconds") if nxt else "none")
             )
-            await wait_any(self.stopping, timeout=interval)
+            # While unhealthy, look again soon: recovery is seen within a second.
+            await wait_any(self.stopping, timeout=interval if ok else min(interval, 1.0))
 
     async def _check_pool(self, pool: asyncpg.Pool) -> bool:
         """Backlog gauges, and whether the pool's session can write (True: read-only)."""
