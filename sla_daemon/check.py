@@ -401,7 +401,8 @@ def _check_templates(settings: Settings, catalog: MessageCatalog | None) -> Chec
             "WhatsApp delivers only within 24 h of the citizen's last message",
         )
     languages = catalog.languages if catalog else ()
-    wanted = {f"{kind}:{lang}" for kind in (*STATUSES, "escalation") for lang in languages}
+    kinds = (*STATUSES, "reopened", "escalation")
+    wanted = {f"{kind}:{lang}" for kind in kinds for lang in languages}
     unknown = sorted(set(sids) - wanted) if languages else []
     missing = sorted(wanted - set(sids))
     notes = []

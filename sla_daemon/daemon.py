@@ -109,7 +109,10 @@ class Daemon:
                     f"the schema is not current ({names} missing): run sla-daemon migrate"
                 )
             self._pool_ok = True
-            async with NotificationService(s, catalog) as notifications:
+            fallbacks = self.metrics.language_fallbacks
+            async with NotificationService(
+                s, catalog, on_fallback=lambda lang: fallbacks.labels(lang).inc()
+            ) as notifications:
                 await self._serve(pool, notifications)
         finally:
             systemd.stopping()
