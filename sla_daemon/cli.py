@@ -536,6 +536,34 @@ def retry_dead(ctx: click.Context, ids: tuple[int, ...], yes: bool, timeout: flo
     click.echo(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
 
 
+@main.command(short_help="Ask a running daemon's /healthz (the image's HEALTHCHECK).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=4.0, show_default=True)
+@click.pass_context
+def healthcheck(ctx: click.Context, timeout: float) -> None:
+    """Exit 0 when the daemon on SLA_DAEMON_METRICS_ADDRESS answers /healthz with 200,
+    1 when it does not; 0 with a note when metrics are off (nothing to ask, so the
+    container's health is left to its restart policy)."""
+    import urllib.error
+    import urllib.request
+
+    from .config import split_host_port
+
+    settings = _settings(ctx)
+    if not settings.metrics_address:
+        click.echo("metrics are off (SLA_DAEMON_METRICS_ADDRESS=off): no /healthz to ask")
+        return
+    host, port = split_host_port(settings.metrics_address)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            click.echo(answer.read().decode(errors="replace"))
+    except urllib.error.HTTPError as exc:
+        _fail(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", 1)
+    except (OSError, TimeoutError) as exc:
+        _fail(f"{url}: {exc}", 1)
+
+
 @main.command(short_help="Watch the daemon work, live, in well under a minute.")
 @click.option(
     "--seconds",

@@ -59,7 +59,11 @@ SELECT sla_daemon.next_event_at(coalesce($1::timestamptz, now())) AS next_at, no
 UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer' RETURNING now();
 
 -- name: set_timer_wake
-UPDATE sla_daemon.wakeups SET wake_at = $1::timestamptz WHERE name = 'timer';
+-- $1: the next instant the timer knows of (NULL: none). A deadline set sooner than it
+-- wakes the timer (even when the safety interval would wake it first), so the next
+-- deadline it reports is never stale.
+UPDATE sla_daemon.wakeups SET wake_at = coalesce($1::timestamptz, 'infinity')
+WHERE name = 'timer';
 
 -- name: claim_outbox
 SELECT id, claim_token, ticket_id, kind, old_status, new_status, attempts, created_at,

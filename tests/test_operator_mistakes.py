@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from .daemon_harness import DaemonProcess, daemon_settings
+from .daemon_harness import DaemonProcess, daemon_settings, running
 from .test_cli import cli, cli_env, closed_port, lines_by_check, seed_report
 from .test_privileges import as_user
 
@@ -190,3 +190,15 @@ async def test_retry_dead_of_a_row_that_is_not_dead_fails_and_requeues_nothing(
     assert result.code == 64, result.text
     assert "no dead letter with id 999" in one_line(result.err)
     assert await conn.fetchval("SELECT state FROM sla_daemon.outbox WHERE id = $1", dead) == "dead"
+
+
+async def test_the_image_healthcheck_follows_the_metrics_setting(dsn: str) -> None:
+    off = await cli("healthcheck", env=cli_env(dsn, SLA_DAEMON_METRICS_ADDRESS="off"))
+    assert off.code == 0 and "metrics are off" in off.out, off.text
+    port = closed_port()
+    address = f"127.0.0.1:{port}"
+    down = await cli("healthcheck", env=cli_env(dsn, SLA_DAEMON_METRICS_ADDRESS=address))
+    assert down.code == 1 and f"{address}/healthz" in one_line(down.err)
+    async with running(daemon_settings(dsn, None, metrics_address=address)):
+        up = await cli("healthcheck", env=cli_env(dsn, SLA_DAEMON_METRICS_ADDRESS=address))
+    assert up.code == 0 and '"ok": true' in up.out, up.text

@@ -237,7 +237,7 @@ def test_dockerfile() -> None:
     ):
         assert setting in env
     (healthcheck,) = by_keyword["HEALTHCHECK"]
-    assert "/healthz" in healthcheck and "urllib" in healthcheck
+    assert '["sla-daemon", "healthcheck"]' in healthcheck  # tested in test_operator_mistakes
     # Installed as root; runs as 10001.
     keywords = [keyword for keyword, _ in instructions]
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
