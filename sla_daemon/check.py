@@ -35,10 +35,12 @@ __all__ = [
     "EX_UNAVAILABLE",
     "CheckResult",
     "DatabaseUnavailable",
+    "check_privileges",
     "connect",
     "describe_target",
     "exit_code",
     "explain_connect_error",
+    "missing_grants",
     "run_checks",
 ]
 
@@ -202,6 +204,7 @@ async def _database_checks(settings: Settings, bound: float) -> list[CheckResult
         return [
             CheckResult("database", "FAIL", "DATABASE_URL is not set", EX_CONFIG),
             CheckResult("schema", "skip", "no database to look at"),
+            CheckResult("privileges", "skip", "no database to look at"),
         ]
     started = time.monotonic()
     try:
@@ -210,6 +213,7 @@ async def _database_checks(settings: Settings, bound: float) -> list[CheckResult
         return [
             CheckResult("database", "FAIL", str(exc), exc.code),
             CheckResult("schema", "skip", "the database is not reachable"),
+            CheckResult("privileges", "skip", "the database is not reachable"),
         ]
     try:
         async with asyncio.timeout(bound):
@@ -222,16 +226,68 @@ async def _database_checks(settings: Settings, bound: float) -> list[CheckResult
                 f"PostgreSQL {server['server_version']} at {describe_target(dsn)}"
                 f" ({elapsed:.0f} ms)",
             )
-            schema = await check_schema(conn)
+            try:
+                schema = await check_schema(conn)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                schema = CheckResult("schema", "skip", f"not readable ({exc}): see privileges")
+            privileges = await check_privileges(conn)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         detail = f"connected, then failed: {type(exc).__name__}: {exc}"
         return [
             CheckResult("database", "FAIL", _scrub_password(detail, dsn), EX_UNAVAILABLE),
             CheckResult("schema", "skip", "the database did not answer"),
+            CheckResult("privileges", "skip", "the database did not answer"),
         ]
     finally:
         await conn.close(timeout=bound)
-    return [database, schema]
+    return [database, schema, privileges]
+
+
+async def check_privileges(conn: asyncpg.Connection) -> CheckResult:
+    """The connecting role may do everything the daemon does, or the GRANT to run."""
+    if not await conn.fetchval(db.QUERIES["runtime_role_exists"]):
+        return CheckResult("privileges", "skip", "no sla_daemon_runtime role yet (migrate first)")
+    user = await conn.fetchval("SELECT current_user")
+    missing = await conn.fetch(db.QUERIES["check_privileges"])
+    if not missing:
+        return CheckResult("privileges", "ok", f"role {user} may do everything the daemon does")
+    return CheckResult("privileges", "FAIL", missing_grants(str(user), missing), EX_CONFIG)
+
+
+def missing_grants(user: str, missing: Sequence[asyncpg.Record]) -> str:
+    """One line: what ``user`` lacks (a few examples) and the GRANT statement(s) to run."""
+    shown = [_privilege(r) for r in missing[:3]]
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    what = f"role {user} lacks {', '.join(shown)}{more}"
+    if not missing[0]["member"]:
+        return (
+            f"{what}: it is not a member of sla_daemon_runtime;"
+            f" run GRANT sla_daemon_runtime TO {user}"
+        )
+    grants: dict[tuple[str, str, str], list[str]] = {}
+    for r in missing:
+        if r["runtime_has"]:
+            continue
+        key = (r["kind"], r["object"], r["privilege"])
+        grants.setdefault(key, []).extend([r["col"]] if r["col"] else [])
+    statements = [_grant(kind, obj, priv, cols) for (kind, obj, priv), cols in grants.items()]
+    if not statements:  # the runtime role has them: a REVOKE aimed at this role itself
+        return f"{what} (revoked from it directly?): run GRANT sla_daemon_runtime TO {user}"
+    return f"{what}, which sla_daemon_runtime lacks too: run {'; '.join(statements)}"
+
+
+_OBJECT_WORD = {"schema": "SCHEMA ", "sequence": "SEQUENCE ", "function": "FUNCTION "}
+
+
+def _grant(kind: str, obj: str, privilege: str, columns: list[str]) -> str:
+    on = f"{_OBJECT_WORD.get(kind, '')}{obj}"
+    listed = f" ({', '.join(columns)})" if columns else ""
+    return f"GRANT {privilege}{listed} ON {on} TO sla_daemon_runtime"
+
+
+def _privilege(r: asyncpg.Record) -> str:
+    column = f" ({r['col']})" if r["col"] else ""
+    return f"{r['privilege']}{column} on {r['kind']} {r['object']}"
 
 
 async def check_schema(conn: asyncpg.Connection) -> CheckResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -23,11 +24,14 @@ from .check import (
     EX_CONFIG,
     EX_UNAVAILABLE,
     DatabaseUnavailable,
+    check_privileges,
+    check_twilio,
     connect,
+    describe_target,
     explain_connect_error,
 )
-from .config import Settings, SettingsError, load_settings
-from .logs import setup_logging
+from .config import Settings, SettingsError, load_settings, unknown_variables
+from .logs import JsonFormatter, setup_logging
 
 __all__ = ["EX_CONFIG", "EX_UNAVAILABLE", "EX_USAGE", "main"]
 
@@ -40,17 +44,38 @@ log = logging.getLogger("sla_daemon")
 _STATUS_COLOURS = {"ok": "green", "warn": "yellow", "FAIL": "red", "skip": None}
 
 
+def _json_logs() -> bool:
+    """JSON logs are on: from the loaded settings' log set-up, or (before the settings
+    load, or when they cannot) from the environment."""
+    handlers = logging.getLogger().handlers
+    if handlers and isinstance(handlers[0].formatter, JsonFormatter):
+        return True
+    return os.environ.get("SLA_DAEMON_LOG_FORMAT", "").strip().lower() == "json"
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"sla-daemon: {message}", err=True)
+    """One line on stderr (one JSON object with JSON logs) and the exit code."""
+    if _json_logs():
+        record = logging.LogRecord("sla_daemon", logging.CRITICAL, "", 0, message, None, None)
+        click.echo(JsonFormatter().format(record), err=True)
+    else:
+        click.echo(f"sla-daemon: {message}", err=True)
     sys.exit(code)
 
 
 def _settings(ctx: click.Context) -> Settings:
+    env_file = ctx.obj.get("env_file")
     try:
-        settings: Settings = load_settings(ctx.obj.get("env_file"))
+        settings: Settings = load_settings(env_file)
     except SettingsError as exc:
         _fail(str(exc), EX_CONFIG)
     setup_logging(settings.log_level, settings.log_format)
+    for name, closest in unknown_variables(env_file=env_file):
+        log.warning(
+            "%s is not a setting and is ignored%s",
+            name,
+            f" (did you mean {closest}?)" if closest else "",
+        )
     return settings
 
 
@@ -64,8 +89,8 @@ class _SchemaNotCurrent(Exception):
     pass
 
 
-async def _nothing(_conn: asyncpg.Connection) -> None:
-    """The work of a connection made only to see that it can be made."""
+class _NotPermitted(Exception):
+    pass
 
 
 def _with_connection(
@@ -89,6 +114,12 @@ def _with_connection(
                 names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
                 raise _SchemaNotCurrent(f"the schema is not current ({names} pending)")
             return await work(conn)
+        except asyncpg.InsufficientPrivilegeError:
+            # Say which grant is missing, in check's words.
+            privileges = await check_privileges(conn)
+            if privileges.failed:
+                raise _NotPermitted(privileges.detail) from None
+            raise
         finally:
             await conn.close(timeout=timeout)
 
@@ -98,8 +129,17 @@ def _with_connection(
         _fail(str(exc), exc.code)
     except _SchemaNotCurrent as exc:
         _fail(f"{exc}: run sla-daemon migrate", EX_CONFIG)
+    except _NotPermitted as exc:
+        _fail(str(exc), EX_CONFIG)
     except db.MigrationError as exc:
         _fail(str(exc), EX_UNAVAILABLE)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        target = describe_target(dsn)
+        _fail(
+            f"{target}: {exc}: the role lacks a grant (the daemon's role needs"
+            " GRANT sla_daemon_runtime TO <role>; sla-daemon check lists what is missing)",
+            EX_CONFIG,
+        )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         _fail(f"database error: {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
     except Exception as exc:  # asyncpg's failures are varied; one line, details at DEBUG
@@ -116,7 +156,58 @@ _timeout_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _hoist_env_file(args: list[str]) -> list[str]:
+    """``--env-file FILE`` is the group's option; accept it after the sub-command too."""
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg == "--env-file" and i + 1 < len(args):
+            moved += args[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--env-file="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return moved + rest
+
+
+class _Commands(click.Group):
+    """Click's group, with one line and exit 64 for a usage mistake (click prints the
+    usage and exits 2), and ``--env-file`` accepted anywhere on the line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: object,
+    ) -> object:
+        argv = _hoist_env_file(list(sys.argv[1:] if args is None else args))
+        prog = prog_name or "sla-daemon"
+        if not standalone_mode:
+            return super().main(argv, prog, complete_var, False, **extra)
+        try:
+            code = super().main(argv, prog, complete_var, False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else prog
+            _fail(f"{exc.format_message()} (see {where} --help)", EX_USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--env-file",
     type=click.Path(exists=True, dir_okay=False),
@@ -129,7 +220,7 @@ def main(ctx: click.Context, env_file: str | None) -> None:
     ctx.ensure_object(dict)
     ctx.obj["env_file"] = env_file
     # Escaping formatter from the start, before the settings (and their log format) load.
-    setup_logging()
+    setup_logging(fmt="json" if _json_logs() else "text")
 
 
 @main.command()
@@ -145,6 +236,69 @@ def migrate(ctx: click.Context) -> None:
         click.echo("applied: " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
     else:
         click.echo("schema is up to date")
+    unadopted = _with_connection(
+        settings, lambda conn: conn.fetchval(db.QUERIES["unadopted_count"]), timeout=30
+    )
+    if unadopted:
+        click.echo(
+            f"{unadopted} live ticket{'' if unadopted == 1 else 's'} without deadlines (from"
+            " before sla-daemon was installed) are not monitored: run sla-daemon adopt"
+        )
+
+
+@main.command(short_help="Give live tickets from before the installation their deadlines.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    help="Tickets per transaction (each batch locks only its own rows, briefly).",
+)
+@click.option(
+    "--breached",
+    type=click.Choice(["escalate", "record"]),
+    help="A ticket already past a deadline: escalate it (the daemon's next pass), or"
+    " record the breach without escalating.  [default: SLA_DAEMON_ADOPT_BREACHED, escalate]",
+)
+@_timeout_option
+@click.pass_context
+def adopt(ctx: click.Context, batch_size: int, breached: str | None, timeout: float) -> None:
+    """Adopt live tickets that have no deadlines (they existed before sla-daemon).
+
+    Each open or in-progress ticket gets its deadlines from its SLA config, counted from
+    its creation, through the same triggers as a new ticket: scheduled, warned and
+    escalated like one. Run it as the migration role (writing deadlines is not the
+    daemon's right). Safe to run again, and while the daemon runs.
+    """
+    settings = _settings(ctx)
+    escalate = (breached or settings.adopt_breached) == "escalate"
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, int, int]:
+        waiting = int(await conn.fetchval(db.QUERIES["unadopted_count"]))
+        adopted = late = 0
+        while adopted < waiting:
+            async with conn.transaction():  # one short transaction per batch
+                row = await conn.fetchrow(db.QUERIES["adopt_tickets"], batch_size, escalate)
+            assert row is not None
+            if not row["adopted"]:
+                break  # the rest are locked by other transactions
+            adopted += row["adopted"]
+            late += row["breached"]
+            click.echo(f"adopted {adopted} of {waiting} ({late} already breached)")
+        left = int(await conn.fetchval(db.QUERIES["unadopted_count"]))
+        return adopted, late, left
+
+    adopted, late, left = _with_connection(settings, work, timeout=timeout)
+    fate = (
+        "escalated by the running daemon's next pass"
+        if escalate
+        else "recorded as adopted_breached events, not escalated"
+    )
+    click.echo(
+        f"adopted {adopted} ticket{'' if adopted == 1 else 's'}; {late} already breached: {fate}"
+    )
+    if left:
+        click.echo(f"{left} still without deadlines (locked meanwhile): run sla-daemon adopt again")
 
 
 @main.command()
@@ -156,12 +310,20 @@ def run(ctx: click.Context, apply_migrations: bool) -> None:
 
     settings = _settings(ctx)
     dsn = _database_url(settings)
+    # Half a Twilio configuration would mark every message dry_run for good: refused,
+    # in check's words.
+    for result in check_twilio(settings, None):
+        if result.failed:
+            _fail(result.detail, result.code)
     if apply_migrations:
         _with_connection(
             settings, db.migrate, timeout=30, require_schema=False, command_timeout=None
         )
-    # Reachable and current, explained in one line (69 or 78) before the daemon starts.
-    _with_connection(settings, _nothing, timeout=30)
+    # Reachable, current and permitted, explained in one line (69 or 78) before the
+    # daemon starts.
+    privileges = _with_connection(settings, check_privileges, timeout=30)
+    if privileges.failed:
+        _fail(privileges.detail, privileges.code)
     try:
         code = aio.run(Daemon(settings).run())
     except DaemonError as exc:
@@ -353,14 +515,53 @@ def retry_dead(ctx: click.Context, ids: tuple[int, ...], yes: bool, timeout: flo
             _fail(f"re-queue all {dead} dead letters? Add --yes (or pick rows with --id)", EX_USAGE)
         click.confirm(f"Re-queue all {dead} dead letters?", abort=True)
 
-    async def requeue(conn: asyncpg.Connection) -> int:
-        n = await conn.fetchval(db.QUERIES["requeue_dead"], list(ids) if ids else None)
-        return int(n)
+    async def requeue(conn: asyncpg.Connection) -> int | list[int]:
+        """All the given rows or none: an id that is no dead letter is a mistake."""
+        async with conn.transaction():
+            if ids:
+                dead = {r["id"] for r in await conn.fetch(db.QUERIES["dead_ids"], list(ids))}
+                if wrong := sorted(set(ids) - dead):
+                    return wrong
+            n = await conn.fetchval(db.QUERIES["requeue_dead"], list(ids) if ids else None)
+            return int(n)
 
     n = _with_connection(settings, requeue, timeout=timeout)
+    if isinstance(n, list):
+        listed = ", ".join(map(str, n))
+        _fail(
+            f"no dead letter with id {listed} (sla-daemon outbox list-dead shows them);"
+            " nothing re-queued",
+            EX_USAGE,
+        )
     click.echo(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
-    if ids and n < len(set(ids)):
-        click.echo(f"({len(set(ids)) - n} of the given ids are not dead letters)")
+
+
+@main.command(short_help="Ask a running daemon's /healthz (the image's HEALTHCHECK).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=4.0, show_default=True)
+@click.pass_context
+def healthcheck(ctx: click.Context, timeout: float) -> None:
+    """Exit 0 when the daemon on SLA_DAEMON_METRICS_ADDRESS answers /healthz with 200,
+    1 when it does not; 0 with a note when metrics are off (nothing to ask, so the
+    container's health is left to its restart policy)."""
+    import urllib.error
+    import urllib.request
+
+    from .config import split_host_port
+
+    settings = _settings(ctx)
+    if not settings.metrics_address:
+        click.echo("metrics are off (SLA_DAEMON_METRICS_ADDRESS=off): no /healthz to ask")
+        return
+    host, port = split_host_port(settings.metrics_address)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            click.echo(answer.read().decode(errors="replace"))
+    except urllib.error.HTTPError as exc:
+        _fail(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", 1)
+    except (OSError, TimeoutError) as exc:
+        _fail(f"{url}: {exc}", 1)
 
 
 @main.command(short_help="Watch the daemon work, live, in well under a minute.")

@@ -6,6 +6,7 @@ The database and Twilio variables keep the names operators already use
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import phonenumbers
 from pydantic import (
     AliasChoices,
     Field,
@@ -37,6 +39,7 @@ __all__ = [
     "load_settings",
     "redact_url",
     "split_host_port",
+    "unknown_variables",
 ]
 
 #: A claimed row is POSTed only while its lease has at least this much left.
@@ -128,6 +131,10 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
 
+    #: ``sla-daemon adopt``: what becomes of a ticket adopted already past a deadline:
+    #: escalated by the daemon's next pass, or the breach recorded without escalating.
+    adopt_breached: Literal["escalate", "record"] = "escalate"
+
     # --- SLA timer ----------------------------------------------------------------
     safety_interval_seconds: float = Field(default=60.0, gt=0)
     escalation_concurrency: int = Field(default=4, ge=1, le=64)
@@ -139,7 +146,9 @@ class Settings(BaseSettings):
     # --- listener -----------------------------------------------------------------
     health_interval_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=2.0, gt=0)
-    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    #: Longest wait between reconnect attempts: short, so the daemon is healthy again
+    #: within seconds of the database's return (well inside WatchdogSec=30).
+    reconnect_max_seconds: float = Field(default=3.0, gt=0, le=10)
 
     # --- process ------------------------------------------------------------------
     shutdown_grace_seconds: float = Field(default=10.0, gt=0)
@@ -185,6 +194,18 @@ class Settings(BaseSettings):
                 "clear); http:// is allowed only for a loopback host: 127.0.0.1, ::1, localhost"
             )
         return value.strip().rstrip("/")
+
+    @field_validator("default_region")
+    @classmethod
+    def _default_region(cls, value: str) -> str:
+        """An unknown region would make every number stored without a country code dead."""
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"{value!r} is not a region phonenumbers knows (a two-letter ISO 3166 code"
+                " such as ZA)"
+            )
+        return region
 
     @field_validator("database_url")
     @classmethod
@@ -280,6 +301,12 @@ class Settings(BaseSettings):
         )
 
     @property
+    def twilio_partial(self) -> bool:
+        """Some Twilio credentials but not all: refused, never a silent dry run."""
+        given = (self.twilio_account_sid, self.twilio_auth_token, self.twilio_whatsapp_number)
+        return any(given) and not all(given)
+
+    @property
     def effective_dry_run(self) -> bool:
         return self.dry_run or not self.twilio_configured
 
@@ -335,6 +362,29 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"{name}: {message}")
         raise SettingsError("invalid setting: " + "; ".join(lines)) from None
+
+
+def unknown_variables(
+    environ: dict[str, str] | None = None, env_file: str | Path | None = None
+) -> list[tuple[str, str | None]]:
+    """``SLA_DAEMON_*`` names (environment and env file) that no setting reads, each with
+    the closest known name (or None): a misspelt setting is otherwise silently ignored."""
+    known = {env_name(name) for name in Settings.model_fields} | {"SLA_DAEMON_DATABASE_URL"}
+    names = set(os.environ if environ is None else environ)
+    if env_file is not None:
+        try:
+            lines = Path(env_file).read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            key = line.strip().removeprefix("export ").partition("=")[0].strip()
+            names.add(key)
+    prefixed = sorted(n for n in names if n.upper().startswith("SLA_DAEMON_"))
+    return [
+        (name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)), None))
+        for name in prefixed
+        if name.upper() not in known
+    ]
 
 
 _UNPREFIXED = {

@@ -177,7 +177,13 @@ class Conversation:
                 row.phone, row.tracking_number, row.language, guard, options
             )
         return await n.send_status_update(
-            row.phone, row.tracking_number, row.new_status, row.language, guard, options
+            row.phone,
+            row.tracking_number,
+            row.new_status,
+            row.language,
+            guard,
+            options,
+            old_status=row.old_status,
         )
 
     def _e164(self, phone: str | None) -> str | None:

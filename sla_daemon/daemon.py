@@ -21,7 +21,7 @@ from .aio import wait_any
 from .config import Settings
 from .conversation import Conversation
 from .escalation import EscalationService
-from .health import LoopHealth
+from .health import LoopHealth, describe_error
 from .listener import Listener
 from .messages import MessageCatalog
 from .metrics import Metrics, MetricsServer
@@ -48,6 +48,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         if not settings.database_url:
             raise DaemonError("DATABASE_URL is not set")
+        if settings.twilio_partial and not settings.dry_run:
+            raise DaemonError("Twilio is half configured (sla-daemon check says what is missing)")
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.stopping = asyncio.Event()
@@ -111,7 +113,7 @@ class Daemon:
         if s.effective_dry_run:
             log.warning(
                 "DRY RUN: %s; messages are rendered and logged (phones masked), not sent",
-                "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "Twilio credentials are not set",
+                "SLA_DAEMON_DRY_RUN is set" if s.dry_run else "no Twilio setting is given",
             )
         if s.webhooks_on and (missing := _missing_templates(s, catalog)):
             log.warning(
@@ -132,7 +134,13 @@ class Daemon:
             self._pool_ok = True
             if s.webhook_address:
                 await self._start_webhooks(pool)
-            async with NotificationService(s, catalog, metrics=self.metrics) as notifications:
+            fallbacks = self.metrics.language_fallbacks
+            async with NotificationService(
+                s,
+                catalog,
+                metrics=self.metrics,
+                on_fallback=lambda lang: fallbacks.labels(lang).inc(),
+            ) as notifications:
                 self.notifications = notifications
                 await self._serve(pool, notifications)
         finally:
@@ -262,11 +270,14 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 read_only = await asyncio.wait_for(self._check_pool(pool), s.health_timeout_seconds)
+                if not self._pool_ok:
+                    log.info("the database pool answers again")
                 self._pool_ok = True
                 await self._note_read_only(pool, read_only)
             except db.DB_ERRORS as exc:
+                if self._pool_ok:  # once per outage, not per check
+                    log.warning("database pool failed its health check: %s", describe_error(exc))
                 self._pool_ok = False
-                log.warning("database pool failed its health check: %s", exc)
             self.loops.update_metrics()
             ok, detail = self.health()
             self.metrics.healthy.set(1 if ok else 0)
@@ -278,7 +289,8 @@ class Daemon:
                 f" dead {self._backlog[1]}; next deadline "
                 + (nxt.isoformat(timespec="seconds") if nxt else "none")
             )
-            await wait_any(self.stopping, timeout=interval)
+            # While unhealthy, look again soon: recovery is seen within a second.
+            await wait_any(self.stopping, timeout=interval if ok else min(interval, 1.0))
 
     async def _check_pool(self, pool: asyncpg.Pool) -> bool:
         """Backlog gauges, and whether the pool's session can write (True: read-only)."""

@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+import asyncpg
+
 from .metrics import Metrics
 
-__all__ = ["LoopHealth", "describe_error"]
+__all__ = ["LoopHealth", "connection_lost", "describe_error"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,28 @@ def _describe_one(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate == "42501":  # insufficient_privilege: the fix is a GRANT
+        return f"{described} (SQLSTATE 42501: a grant is missing; sla-daemon check names it)"
     return f"{described} (SQLSTATE {sqlstate})" if sqlstate else described
+
+
+#: SQLSTATE classes of a lost or refused connection: 08 connection exception, 57P0x
+#: shutdown (admin, crash, cannot connect now).
+_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Every underlying error of ``exc`` says the connection went (not what to fix)."""
+    return all(_lost_one(e) for e in _leaves(exc))
+
+
+def _lost_one(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True  # refused, no socket, closed mid-operation, ...
+    if isinstance(exc, asyncpg.InternalClientError):
+        return "cannot switch to state" in str(exc)  # asyncpg, on a connection cut mid-query
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate.startswith(_CONNECTION_STATES)
 
 
 class LoopHealth:
@@ -49,6 +72,7 @@ class LoopHealth:
         self._clock = clock
         self._since: dict[str, float] = {}
         self._cause: dict[str, str] = {}
+        self._quiet: set[str] = set()  # loops whose failures were only a lost connection
 
     def started(self, name: str) -> None:
         """Show the loop's series at 0 from the start, so a dashboard can tell 0 from absent."""
@@ -63,6 +87,10 @@ class LoopHealth:
             log.debug("%s loop failed again: %s", name, cause)
             return
         self._cause[name] = cause
+        if connection_lost(exc):  # the listener tells the outage once, for all loops
+            self._quiet.add(name)
+            log.debug("%s loop failed: %s; restarting in %.1fs", name, cause, retry_in)
+            return
         log.warning(
             "%s loop failed: %s; restarting in %.1fs with backoff"
             " (logged again when the cause changes)",
@@ -78,8 +106,15 @@ class LoopHealth:
         since = self._since.pop(name, None)
         self._cause.pop(name, None)
         self._metrics.loop_failing_seconds.labels(name).set(0)
+        quiet = name in self._quiet
+        self._quiet.discard(name)
         if since is not None:
-            log.info("%s loop runs again after %.1fs of failures", name, self._clock() - since)
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "%s loop runs again after %.1fs of failures",
+                name,
+                self._clock() - since,
+            )
 
     def update_metrics(self) -> None:
         now = self._clock()

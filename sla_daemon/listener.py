@@ -23,13 +23,20 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_random_exponential,
+)
 
 from . import db
 from .db import QUERIES
+from .health import connection_lost
 
 __all__ = ["KEEPALIVE", "Listener", "set_keepalive"]
 
@@ -73,7 +80,7 @@ class Listener:
         *,
         health_interval: float = 5.0,
         health_timeout: float = 2.0,
-        reconnect_max: float = 30.0,
+        reconnect_max: float = 3.0,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
@@ -86,6 +93,7 @@ class Listener:
         self._lost = asyncio.Event()
         self._ops = asyncio.Lock()  # one query at a time on the connection
         self._awake = False
+        self._lost_since: float | None = None  # monotonic start of an outage
         self.healthy = False
         self.backend_pid: int | None = None
 
@@ -99,17 +107,30 @@ class Listener:
             if stopping.is_set():
                 raise asyncio.CancelledError
 
+        def failed(state: RetryCallState) -> None:
+            """One line per outage (the first failure); the retries at DEBUG."""
+            cause = state.outcome.exception() if state.outcome else None
+            if self._lost_since is None:
+                self._lost_since = time.monotonic()
+                log.warning(
+                    "database connection failed (%s); retrying every %gs at most",
+                    _one_line(cause),
+                    self._reconnect_max,
+                )
+            else:
+                log.debug("database connection still failing (%s)", _one_line(cause))
+
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(db.DB_ERRORS),
             wait=wait_random_exponential(multiplier=0.2, max=self._reconnect_max),
             sleep=pause,
-            before_sleep=lambda state: log.warning(
-                "LISTEN connection failed (%s); retrying",
-                state.outcome.exception() if state.outcome else "?",
-            ),
+            before_sleep=failed,
         ):
             with attempt:
                 await self._open()
+        if self._lost_since is not None:
+            log.info("database connection back after %.1fs", time.monotonic() - self._lost_since)
+            self._lost_since = None
 
     async def _open(self) -> None:
         await self._close_quietly()
@@ -130,7 +151,11 @@ class Listener:
         self.backend_pid = conn.get_server_pid()
         self._lost.clear()
         self.healthy = True
-        log.info("listening on %s", ", ".join(self._channels))
+        log.log(
+            logging.DEBUG if self._lost_since else logging.INFO,
+            "listening on %s",
+            ", ".join(self._channels),
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Health-check until stopped; on a loss reconnect, then wake every channel."""
@@ -146,10 +171,16 @@ class Listener:
                 stop.cancel()
             if stopping.is_set():
                 break
-            if not self._lost.is_set() and await self._check():
+            cause = "the server closed it" if self._lost.is_set() else await self._check()
+            if cause is None:
                 continue
             self.healthy = False
-            log.warning("LISTEN connection lost; reconnecting")
+            self._lost_since = time.monotonic()
+            log.warning(
+                "database connection lost (%s); reconnecting every %gs at most",
+                cause,
+                self._reconnect_max,
+            )
             try:
                 await self.connect(stopping)
             except asyncio.CancelledError:
@@ -161,17 +192,17 @@ class Listener:
             for event in self._channels.values():
                 event.set()  # re-read the tables: what was notified meanwhile is gone
 
-    async def _check(self) -> bool:
+    async def _check(self) -> str | None:
+        """None while the connection answers in time; else why not."""
         conn = self._conn
         if conn is None or conn.is_closed():
-            return False
+            return "the connection is closed"
         try:
             async with self._ops:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_timeout)
         except db.DB_ERRORS as exc:
-            log.warning("LISTEN connection failed its health check: %s", exc)
-            return False
-        return True
+            return f"health check: {_one_line(exc)}"
+        return None
 
     async def mark_awake(self) -> None:
         """Tell writers the sender is awake, so their triggers skip the wake-up flag.
@@ -193,8 +224,10 @@ class Listener:
             async with self._ops:
                 done = await asyncio.wait_for(conn.fetchval(query), self._health_timeout)
         except db.DB_ERRORS as exc:
-            # Without the mark writers read the flag: slower for them, never a loss.
-            log.warning(
+            # Without the mark writers read the flag: slower for them, never a loss. A lost
+            # connection is told by run() once.
+            log.log(
+                logging.DEBUG if connection_lost(exc) else logging.WARNING,
                 "LISTEN connection failed to mark the sender %s: %s",
                 "awake" if awake else "asleep",
                 exc,
@@ -215,6 +248,13 @@ class Listener:
                 await asyncio.wait_for(conn.close(), 2)
             except Exception:
                 conn.terminate()
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown cause"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _setter(event: asyncio.Event) -> Callable[..., None]:

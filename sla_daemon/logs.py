@@ -15,7 +15,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["JsonFormatter", "TextFormatter", "escape_controls", "setup_logging"]
+__all__ = ["JsonFormatter", "PoolNoise", "TextFormatter", "escape_controls", "setup_logging"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -62,6 +62,24 @@ class JsonFormatter(logging.Formatter):
         )
 
 
+class PoolNoise(logging.Filter):
+    """asyncpg's pool logs a 30-line traceback at every failed reconnect of its floor
+    connections while the database is down; the listener already tells the outage
+    once. Such a record becomes one DEBUG line (the error's type and text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        text = " ".join(str(exc).split())
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {text}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -71,3 +89,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # Libraries that would log request details (numbers, bodies) stay quiet.
     for name in ("twilio", "aiohttp.access", "pgserver"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PoolNoise) for f in pool.filters):
+        pool.addFilter(PoolNoise())

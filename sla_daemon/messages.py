@@ -18,6 +18,7 @@ from pathlib import Path
 __all__ = [
     "FALLBACK_LANGUAGE",
     "PLACEHOLDERS",
+    "REOPENED_FROM",
     "STATUSES",
     "CatalogError",
     "MessageCatalog",
@@ -26,6 +27,8 @@ __all__ = [
 
 #: Ticket statuses a catalog must cover, as the platform stores them.
 STATUSES: tuple[str, ...] = ("open", "in_progress", "escalated", "resolved", "closed")
+#: A ticket opened again from one of these gets the reopened notice, not the first report's.
+REOPENED_FROM: frozenset[str] = frozenset({"resolved", "closed"})
 #: The only placeholders a text may use.
 PLACEHOLDERS: frozenset[str] = frozenset({"tracking_number", "status_label"})
 #: The reference catalog and the language used when a citizen's is unknown.
@@ -92,7 +95,7 @@ class MessageCatalog:
         if FALLBACK_LANGUAGE not in self.texts:
             raise CatalogError(f"missing the reference catalog {FALLBACK_LANGUAGE}.toml")
         reference = self.texts[FALLBACK_LANGUAGE]
-        required = {"escalation_notice", "neutral_notice"} | {
+        required = {"escalation_notice", "neutral_notice", "reopened_notice"} | {
             f"{table}.{status}" for table in ("status", "status_label") for status in STATUSES
         }
         missing = sorted(required - reference.keys())
@@ -120,15 +123,22 @@ class MessageCatalog:
 
     def normalize_language(self, code: str | None) -> str:
         """Map 'zu-ZA', 'isiZulu', 'AF', ... to a catalog code; anything else to English."""
+        return self._lookup(code) or FALLBACK_LANGUAGE
+
+    def falls_back(self, code: str | None) -> bool:
+        """A language is given (not blank) that no catalog has: English is sent instead."""
+        return bool(code and code.strip()) and self._lookup(code) is None
+
+    def _lookup(self, code: str | None) -> str | None:
         if code is None:
-            return FALLBACK_LANGUAGE
+            return None
         value = code.strip().lower().replace("_", "-")
         if value in self.aliases:
             return self.aliases[value]
         primary = value.split("-", 1)[0]
         if primary in self.texts:
             return primary
-        return self.aliases.get(primary, FALLBACK_LANGUAGE)
+        return self.aliases.get(primary)
 
     def status_label(self, status: str, language: str | None) -> str:
         """The citizen-facing name of ``status`` in ``language``."""
@@ -140,6 +150,14 @@ class MessageCatalog:
         return self._text(language, f"status.{status}").format(
             tracking_number=tracking_number,
             status_label=self.status_label(status, language),
+        )
+
+    def render_reopened(self, language: str | None, tracking_number: str) -> str:
+        """The text sent when a resolved or closed ticket is opened again: not the
+        first report's "your complaint has been logged"."""
+        return self._text(language, "reopened_notice").format(
+            tracking_number=tracking_number,
+            status_label=self.status_label("open", language),
         )
 
     def render_escalation(self, language: str | None, tracking_number: str) -> str:

@@ -80,6 +80,12 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.language_fallbacks = Counter(
+            "sla_daemon_language_fallbacks",
+            "Messages sent in English because no catalog has the citizen's language",
+            ["language"],
+            registry=r,
+        )
         self.warnings = Counter(
             "sla_daemon_warnings", "Deadline warnings recorded", ["deadline_kind"], registry=r
         )

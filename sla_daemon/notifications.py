@@ -28,7 +28,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from sla_daemon.config import Settings
-from sla_daemon.messages import CatalogError, MessageCatalog
+from sla_daemon.messages import REOPENED_FROM, CatalogError, MessageCatalog
 from sla_daemon.metrics import Metrics
 from sla_daemon.phones import InvalidPhoneError, mask_phone, normalize_phone, whatsapp_address
 from sla_daemon.twilio_gate import TwilioGate, is_auth_failure, parse_retry_after
@@ -173,10 +173,13 @@ class NotificationService:
         catalog: MessageCatalog,
         logger: logging.Logger | None = None,
         metrics: Metrics | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
         self._log = logger or logging.getLogger(__name__)
+        self._on_fallback = on_fallback
+        self._fallen_back: set[str] = set()
         self._semaphore = asyncio.Semaphore(settings.send_concurrency)
         rate = settings.send_rate_per_second
         self.bucket = TokenBucket(rate, burst=max(1.0, min(rate / 4, 20.0)))
@@ -242,17 +245,38 @@ class NotificationService:
         language: str | None,
         guard: Guard | None = None,
         options: SendOptions | None = None,  # issue 13: template choice, status callback
+        old_status: str | None = None,
     ) -> SendResult:
-        """Tell the citizen their ticket is now ``new_status``."""
-        lang = self._catalog.normalize_language(language)
+        """Tell the citizen their ticket is now ``new_status`` (reopened: its own text)."""
+        lang = self._language(language)
         try:
-            body = self._catalog.render_status(new_status, lang, tracking_number)
+            if new_status == "open" and old_status in REOPENED_FROM:
+                body = self._catalog.render_reopened(lang, tracking_number)
+                key = f"reopened:{lang}"
+            else:
+                body = self._catalog.render_status(new_status, lang, tracking_number)
+                key = f"{new_status}:{lang}"
             label = self._catalog.status_label(new_status, lang)
         except CatalogError as exc:
             return SendResult("dead", error=str(exc), language=lang)
-        return await self._send(
-            phone, body, f"{new_status}:{lang}", lang, tracking_number, label, guard, options
-        )
+        return await self._send(phone, body, key, lang, tracking_number, label, guard, options)
+
+    def _language(self, language: str | None) -> str:
+        """The catalog for ``language``; a fallback to English is logged once per language
+        and counted on every message."""
+        if self._catalog.falls_back(language):
+            assert language is not None
+            shown = language.strip().lower()[:20]
+            if shown not in self._fallen_back:
+                self._fallen_back.add(shown)
+                self._log.warning(
+                    "no message catalog for language %r: sending English (add"
+                    " sla_daemon/catalogs/<code>.toml; logged once per language)",
+                    shown,
+                )
+            if self._on_fallback is not None:
+                self._on_fallback(shown)
+        return self._catalog.normalize_language(language)
 
     async def send_escalation_notice(
         self,
@@ -263,7 +287,7 @@ class NotificationService:
         options: SendOptions | None = None,  # issue 13
     ) -> SendResult:
         """Tell the citizen a missed deadline put their ticket in a manager's hands."""
-        lang = self._catalog.normalize_language(language)
+        lang = self._language(language)
         body = self._catalog.render_escalation(lang, tracking_number)
         label = self._catalog.status_label("escalated", lang)
         return await self._send(

@@ -134,7 +134,12 @@ class OutboxProcessor:
                 row.phone, row.tracking_number, row.language, guard
             )
         return await self._notifications.send_status_update(
-            row.phone, row.tracking_number, row.new_status, row.language, guard
+            row.phone,
+            row.tracking_number,
+            row.new_status,
+            row.language,
+            guard,
+            old_status=row.old_status,
         )
 
     def _guard(self, row: OutboxRow) -> Guard:

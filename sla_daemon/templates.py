@@ -51,7 +51,7 @@ class Definition:
 
 def template_keys(catalog: MessageCatalog, *, neutral: bool = False) -> list[str]:
     """Every key a complete SLA_DAEMON_TWILIO_CONTENT_SIDS has."""
-    kinds = [*STATUSES, "escalation", *(["neutral"] if neutral else [])]
+    kinds = [*STATUSES, "reopened", "escalation", *(["neutral"] if neutral else [])]
     return [f"{kind}:{lang}" for kind in kinds for lang in catalog.languages]
 
 
@@ -61,14 +61,13 @@ def definitions(catalog: MessageCatalog) -> list[Definition]:
     out = []
     for key in template_keys(catalog, neutral=True):
         kind, lang = key.split(":")
-        text_key = {"escalation": "escalation_notice", "neutral": "neutral_notice"}.get(
-            kind, f"status.{kind}"
-        )
-        label = (
-            catalog.status_label("escalated" if kind == "escalation" else kind, lang)
-            if (kind != "neutral")
-            else ""
-        )
+        text_key = {
+            "escalation": "escalation_notice",
+            "neutral": "neutral_notice",
+            "reopened": "reopened_notice",
+        }.get(kind, f"status.{kind}")
+        shown = {"escalation": "escalated", "reopened": "open"}.get(kind, kind)
+        label = catalog.status_label(shown, lang) if kind != "neutral" else ""
         body = catalog.texts[lang][text_key].format(**placeholders)
         variables = {"1": _SAMPLE_TRACKING_NUMBER}
         if "{{2}}" in body:

@@ -4,13 +4,16 @@
 soonest instant that matters (database time), at most the safety interval, and is
 woken early by the deadline trigger's NOTIFY. While a pass runs the daemon's wake
 time is 'infinity', so any deadline set meanwhile notifies; after it, the trigger
-notifies only for something sooner than the new wake time.
+notifies only for something sooner than the next instant the timer knows of (not its
+wake time: a nearer deadline must show in ``sla_daemon_next_deadline_seconds`` at
+once, not at the safety pass).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -91,6 +94,13 @@ class SLATimer:
         self._safety = timedelta(seconds=safety_interval)
         self._metrics = metrics
         self.next_at: datetime | None = None
+        self._next_mono: float | None = None  # next_at on this process's monotonic clock
+        if metrics is not None:
+            # Computed at each scrape: counts down between passes, negative when overdue.
+            metrics.next_deadline.set_function(self._seconds_to_next)
+
+    def _seconds_to_next(self) -> float:
+        return -1.0 if self._next_mono is None else self._next_mono - time.monotonic()
 
     async def run(self, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -103,12 +113,14 @@ class SLATimer:
             if result.next_at is not None:
                 wake_at = min(wake_at, result.next_at + _EPSILON)
             self.next_at = result.next_at
-            await self._pool.execute(QUERIES["set_timer_wake"], wake_at)
+            self._next_mono = (
+                time.monotonic() + (result.next_at - result.db_now).total_seconds()
+                if result.next_at is not None
+                else None
+            )
+            await self._pool.execute(
+                QUERIES["set_timer_wake"],
+                result.next_at + _EPSILON if result.next_at is not None else None,
+            )
             delay = max(0.0, (wake_at - result.db_now).total_seconds())
-            if self._metrics is not None:
-                self._metrics.next_deadline.set(
-                    (result.next_at - result.db_now).total_seconds()
-                    if result.next_at is not None
-                    else -1
-                )
             await wait_any(wake, stopping, timeout=delay)

@@ -59,7 +59,11 @@ SELECT sla_daemon.next_event_at(coalesce($1::timestamptz, now())) AS next_at, no
 UPDATE sla_daemon.wakeups SET wake_at = 'infinity' WHERE name = 'timer' RETURNING now();
 
 -- name: set_timer_wake
-UPDATE sla_daemon.wakeups SET wake_at = $1::timestamptz WHERE name = 'timer';
+-- $1: the next instant the timer knows of (NULL: none). A deadline set sooner than it
+-- wakes the timer (even when the safety interval would wake it first), so the next
+-- deadline it reports is never stale.
+UPDATE sla_daemon.wakeups SET wake_at = coalesce($1::timestamptz, 'infinity')
+WHERE name = 'timer';
 
 -- name: claim_outbox
 SELECT id, claim_token, ticket_id, kind, old_status, new_status, attempts, created_at,
@@ -165,7 +169,7 @@ WITH period AS (
       AND (tk.status IN ('open', 'in_progress', 'escalated') OR tk.created_at >= p.since)
 )
 SELECT GROUPING(t.tenant_id, t.category) AS level, t.tenant_id,
-       max(m.name) AS municipality, t.category,
+       CASE WHEN GROUPING(t.tenant_id) = 0 THEN max(m.name) END AS municipality, t.category,
        count(*) FILTER (WHERE t.status = 'open') AS open,
        count(*) FILTER (WHERE t.status = 'in_progress') AS in_progress,
        count(*) FILTER (WHERE t.at_risk) AS at_risk,
@@ -258,3 +262,94 @@ GROUP BY d.phone
 HAVING count(*) >= 2
 ORDER BY count(*) DESC, d.phone
 LIMIT 20;
+-- name: dead_ids
+-- Which of the given outbox ids are dead letters (retry-dead refuses the others).
+SELECT id FROM sla_daemon.outbox WHERE id = ANY($1::bigint[]) AND state = 'dead';
+
+-- name: check_privileges
+-- What the connecting role lacks of what the daemon does: every privilege
+-- sla_daemon_runtime holds (migration 0006 and later ones grant them), and the core
+-- that 0006 grants it (so a privilege revoked from the runtime role itself shows too).
+-- Objects go by OID: checking by name would need USAGE on their schema first.
+-- One row per missing privilege: kind (schema, table, column, sequence, function),
+-- object, column (for kind column), privilege, and whether the runtime role has it.
+WITH runtime AS (
+    SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'sla_daemon_runtime'
+), held AS (
+    SELECT 'schema' AS kind, n.oid, NULL::text AS col, a.privilege_type AS privilege
+    FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, runtime r
+    WHERE a.grantee = r.oid
+    UNION
+    SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, c.oid, NULL,
+           a.privilege_type
+    FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a, runtime r
+    WHERE a.grantee = r.oid
+    UNION
+    SELECT 'column', att.attrelid, att.attname::text, a.privilege_type
+    FROM pg_catalog.pg_attribute att
+    CROSS JOIN LATERAL pg_catalog.aclexplode(att.attacl) a
+    CROSS JOIN runtime r
+    WHERE a.grantee = r.oid AND NOT att.attisdropped
+    UNION
+    SELECT 'function', p.oid, NULL, a.privilege_type
+    FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a, runtime r
+    WHERE a.grantee = r.oid
+), core (kind, nsp, rel, col, privilege) AS (
+    VALUES ('schema', 'public', NULL, NULL, 'USAGE'),
+           ('schema', 'sla_daemon', NULL, NULL, 'USAGE'),
+           ('column', 'public', 'tickets', 'status', 'UPDATE'),
+           ('column', 'public', 'tickets', 'escalated_at', 'UPDATE'),
+           ('column', 'public', 'tickets', 'escalation_reason', 'UPDATE'),
+           ('column', 'public', 'tickets', 'assigned_to', 'UPDATE'),
+           ('column', 'public', 'tickets', 'status', 'SELECT'),
+           ('column', 'public', 'tickets', 'sla_resolution_deadline', 'SELECT'),
+           ('column', 'public', 'ticket_assignments', 'ticket_id', 'INSERT'),
+           ('column', 'public', 'ticket_assignments', 'is_active', 'UPDATE'),
+           ('column', 'public', 'users', 'phone', 'SELECT'),
+           ('table', 'sla_daemon', 'outbox', NULL, 'UPDATE'),
+           ('table', 'sla_daemon', 'events', NULL, 'INSERT'),
+           ('table', 'sla_daemon', 'deadlines', NULL, 'SELECT'),
+           ('table', 'sla_daemon', 'wakeups', NULL, 'UPDATE'),
+           ('table', 'sla_daemon', 'schema_migrations', NULL, 'SELECT')
+), wanted AS (
+    SELECT * FROM held
+    UNION
+    SELECT k.kind, coalesce(c.oid, n.oid), k.col, k.privilege
+    FROM core k
+    JOIN pg_catalog.pg_namespace n ON n.nspname = k.nsp
+    LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = k.rel
+    WHERE k.rel IS NULL OR c.oid IS NOT NULL
+), checked AS (
+    SELECT w.*,
+           CASE w.kind
+               WHEN 'schema' THEN pg_catalog.has_schema_privilege(w.oid, w.privilege)
+               WHEN 'table' THEN pg_catalog.has_table_privilege(w.oid, w.privilege)
+               WHEN 'sequence' THEN pg_catalog.has_sequence_privilege(w.oid, w.privilege)
+               WHEN 'column' THEN pg_catalog.has_column_privilege(w.oid, w.col, w.privilege)
+               WHEN 'function' THEN pg_catalog.has_function_privilege(w.oid, w.privilege)
+           END AS mine,
+           (w.kind, w.oid, w.col, w.privilege) IN (SELECT * FROM held) AS runtime_has
+    FROM wanted w
+)
+SELECT kind,
+       CASE kind
+           WHEN 'schema' THEN w.oid::pg_catalog.regnamespace::text
+           WHEN 'function' THEN w.oid::pg_catalog.regprocedure::text
+           ELSE w.oid::pg_catalog.regclass::text
+       END AS object,
+       col, privilege, runtime_has,
+       pg_catalog.pg_has_role(current_user, 'sla_daemon_runtime', 'USAGE') AS member
+FROM checked w
+WHERE NOT mine
+ORDER BY kind, object, col, privilege;
+
+-- name: runtime_role_exists
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'sla_daemon_runtime');
+
+-- name: unadopted_count
+-- Live tickets without deadlines (from before sla-daemon was installed): `sla-daemon adopt`.
+SELECT sla_daemon.unadopted_count();
+
+-- name: adopt_tickets
+-- One batch of adoption ($1 tickets at most; $2 true: escalate the breached ones).
+SELECT adopted, breached FROM sla_daemon.adopt_tickets($1::integer, $2::boolean);

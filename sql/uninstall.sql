@@ -2,11 +2,16 @@
 -- outbox, event log, schedule, functions and triggers: dropping the functions drops the
 -- triggers on tickets), the grants its two roles hold on the platform's tables, and
 -- the roles themselves when no other database of the cluster still uses them.
--- The platform's tables, their rows and the NOT VALID check constraints on
--- sla_configs stay (drop those two by hand if you want them gone).
+-- Also its index on ticket_assignments and its two check constraints on sla_configs.
+-- The platform's tables and rows stay, and so does a default gen_random_uuid() on
+-- ticket_assignments.id: migration 0002 sets it only where the column had none, and
+-- afterwards it cannot be told from one the platform set itself.
 SET search_path = pg_catalog, pg_temp;
 DROP SCHEMA IF EXISTS sla_daemon CASCADE;
 DROP INDEX IF EXISTS public.sla_daemon_ticket_assignments_active;
+ALTER TABLE IF EXISTS public.sla_configs
+    DROP CONSTRAINT IF EXISTS sla_configs_hours_must_be_positive,
+    DROP CONSTRAINT IF EXISTS sla_configs_warning_pct_must_be_1_to_99;
 DO $$
 DECLARE
     v_role text;

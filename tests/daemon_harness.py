@@ -96,8 +96,8 @@ async def cut_pool(conn: asyncpg.Connection, daemon: Daemon) -> None:
 class DaemonProcess:
     """``python -m sla_daemon run`` in its own process group, stopped by PID."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._env = daemon_env(settings)
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+        self._env = daemon_env(settings) | (extra_env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._ready = asyncio.Event()

@@ -209,7 +209,7 @@ async def test_demo_refuses_a_database_with_real_tickets(
 @pytest.mark.parametrize("seconds", ["3", "abc"])
 async def test_demo_rejects_a_bad_duration(seconds: str) -> None:
     result = await cli("demo", "--seconds", seconds, env=cli_env(), timeout=30)
-    assert result.code == 2 and "--seconds" in result.err
+    assert result.code == 64 and "--seconds" in result.err
 
 
 def test_an_interrupted_initdb_pid_is_never_a_process_group(tmp_path: Path) -> None:

@@ -143,6 +143,11 @@ async def test_uninstall_removes_only_what_the_daemon_owns(conn: asyncpg.Connect
         await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'sla_daemon%'")
         == 0
     )
+    constraints = await conn.fetchval(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'sla_configs'::regclass"
+        " AND conname LIKE 'sla_configs_%must%'"
+    )
+    assert constraints == 0
     # the daemon's roles keep no grant on the platform's tables (here: the roles stay
     # while other databases of the test cluster use them)
     for view in ("role_table_grants", "column_privileges"):

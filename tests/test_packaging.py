@@ -237,7 +237,7 @@ def test_dockerfile() -> None:
     ):
         assert setting in env
     (healthcheck,) = by_keyword["HEALTHCHECK"]
-    assert "/healthz" in healthcheck and "urllib" in healthcheck
+    assert '["sla-daemon", "healthcheck"]' in healthcheck  # tested in test_operator_mistakes
     # Installed as root; runs as 10001.
     keywords = [keyword for keyword, _ in instructions]
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
@@ -344,3 +344,23 @@ def test_lock_files_satisfy_pyproject(name: str, requirements: str) -> None:
         assert name_ in locked, f"{requirement.name} is not in {name}: regenerate it"
         version = locked[name_][0]
         assert requirement.specifier.contains(version), f"{name}: {name_}=={version} vs {line}"
+
+
+@pytest.mark.parametrize(
+    "unit", [ROOT / "packaging" / "sla-daemon.service", TEMPLATE], ids=lambda p: p.name
+)
+def test_the_units_migrate_example_uses_the_migration_roles_url(unit: Path) -> None:
+    """The daemon's least-privilege URL cannot create triggers: migrate needs the
+    migration role's."""
+    text = unit.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("#")]
+    migrate = [
+        i
+        for i, line in enumerate(lines)
+        if line.rstrip().endswith("sla-daemon migrate") or "sla-daemon migrate " in line
+    ]
+    assert migrate, "the unit lost its migrate example"
+    for i in migrate:
+        context = " ".join(lines[max(0, i - 2) : i + 1])
+        assert "migrat" in context.replace("sla-daemon migrate", ""), context
+        assert "credentials/database-url" not in context, context
