@@ -212,8 +212,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "max-attempts",
         "a retryable failure gives up after max_attempts",
         "sla_daemon/outbox.py",
-        "        if row.attempts >= self._settings.max_attempts:",
-        "        if row.attempts > self._settings.max_attempts:",
+        "        if row.attempts >= self._settings.max_attempts and not result.rate_limited:",
+        "        if row.attempts > self._settings.max_attempts and not result.rate_limited:",
         (
             "tests/test_promises.py",
             "tests/test_daemon.py",
@@ -224,7 +224,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "backoff-exponential",
         "retries back off exponentially, capped",
-        "sla_daemon/outbox.py",
+        "sla_daemon/backoff.py",
         "    ceiling = min(cap, base * 2.0 ** min(max(attempts - 1, 0), 64))",
         "    ceiling = min(cap, base)",
         (
@@ -358,8 +358,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "language-fallback",
         "a language without a catalog gets English",
         "sla_daemon/messages.py",
-        "        return self.aliases.get(primary, FALLBACK_LANGUAGE)",
-        "        return self.aliases.get(primary, 'zu')",
+        "        return self._lookup(code) or FALLBACK_LANGUAGE",
+        "        return self._lookup(code) or 'zu'",
         ("tests/test_messages.py",),
     ),
 )
@@ -397,7 +397,7 @@ def _first_failure(output: str) -> str:
 @dataclass(frozen=True)
 class Result:
     mutant: Mutant
-    outcome: str  # killed, survived, stale
+    outcome: str  # killed, survived, stale, error
     detail: str
     seconds: float
 
@@ -416,7 +416,10 @@ def run_mutant(mutant: Mutant) -> Result:
     seconds = time.monotonic() - started
     if code == 0:
         return Result(mutant, "survived", "every test passed", seconds)
-    return Result(mutant, "killed", _first_failure(output), seconds)
+    if code == 1:  # pytest: tests ran and some failed
+        return Result(mutant, "killed", _first_failure(output), seconds)
+    # collection errors, interruptions, usage: not a kill (the mutant broke the run)
+    return Result(mutant, "error", f"pytest exit {code}: {_first_failure(output)}", seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,9 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| mutant | promise | result | first failing test |\n|---|---|---|---|")
     for r in results:
         print(f"| {r.mutant.id} | {r.mutant.promise} | {r.outcome} | {r.detail} |")
-    counts = {k: sum(r.outcome == k for r in results) for k in ("killed", "survived", "stale")}
-    print(f"\n{counts['killed']} killed, {counts['survived']} survived, {counts['stale']} stale")
-    return 0 if counts["survived"] == counts["stale"] == 0 else 1
+    kinds = ("killed", "survived", "stale", "error")
+    counts = {k: sum(r.outcome == k for r in results) for k in kinds}
+    print("\n" + ", ".join(f"{counts[k]} {k}" for k in kinds))
+    return 0 if counts["killed"] == len(results) else 1
 
 
 if __name__ == "__main__":
