@@ -210,3 +210,17 @@ SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery() AS
 -- Events of tickets still open or in progress stay (a warning's event is what keeps it
 -- from being given twice while its deadline is live).
 SELECT sla_daemon.purge_events($1::float8, $2::integer) AS deleted;
+
+-- name: calendar_today
+SELECT (now() AT TIME ZONE 'Africa/Johannesburg')::date;
+
+-- name: holiday_countries
+SELECT DISTINCT holiday_country AS country FROM sla_daemon.calendars
+WHERE holiday_country IS NOT NULL;
+
+-- name: load_public_holidays
+SELECT sla_daemon.load_public_holidays($1::text, $2::date, $3::date, $4::date[], $5::text[],
+                                       $6::text);
+
+-- name: has_calendars
+SELECT pg_catalog.to_regclass('sla_daemon.public_holidays') IS NOT NULL;
