@@ -15,16 +15,18 @@ from datetime import date, time
 
 import asyncpg
 import holidays
+from holidays import version as holidays_version
 
 from .db import QUERIES
 
 __all__ = [
     "DEFAULT_COUNTRY",
-    "YEARS_AHEAD",
     "FIRST_YEAR",
+    "YEARS_AHEAD",
     "Hours",
     "load_public_holidays",
     "parse_hours",
+    "set_hours",
 ]
 
 #: The years the database materialises (migration 0007's build_calendar), from 2020
@@ -100,6 +102,20 @@ async def load_public_holidays(
             date(last, 12, 31),
             days,
             [str(listed[d]) for d in days],
-            holidays.__version__,
+            holidays_version.__version__,
         )
     return loaded
+
+
+async def set_hours(conn: asyncpg.Connection, calendar: str, specs: list[str]) -> int:
+    """Replace a calendar's weekly hours (``parse_hours`` notation); its live tickets
+    move. Returns how many tickets' deadlines moved."""
+    rows = parse_hours(specs)
+    moved: int = await conn.fetchval(
+        QUERIES["set_calendar_hours"],
+        calendar,
+        [r.weekday for r in rows],
+        [r.opens for r in rows],
+        [r.closes for r in rows],
+    )
+    return moved

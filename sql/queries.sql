@@ -224,3 +224,24 @@ SELECT sla_daemon.load_public_holidays($1::text, $2::date, $3::date, $4::date[],
 
 -- name: has_calendars
 SELECT pg_catalog.to_regclass('sla_daemon.public_holidays') IS NOT NULL;
+
+-- name: due_levels
+-- Escalated tickets whose next escalation level is due (index on due_at).
+SELECT ticket_id FROM sla_daemon.level_schedule
+WHERE due_at <= now()
+ORDER BY due_at
+LIMIT $1::integer;
+
+-- name: escalate_levels
+SELECT outcome, level, assigned_to, tracking_number, overdue_hours
+FROM sla_daemon.escalate_levels($1::uuid);
+
+-- name: level_failed
+SELECT sla_daemon.level_failed($1::uuid, $2::text) AS retry_at;
+
+-- name: define_calendar
+SELECT sla_daemon.define_calendar($1::text, $2::text, $3::text);
+
+-- name: set_calendar_hours
+SELECT sla_daemon.set_calendar_hours($1::text, $2::smallint[], $3::text[]::time[],
+                                     $4::text[]::time[]);
