@@ -245,3 +245,6 @@ SELECT sla_daemon.define_calendar($1::text, $2::text, $3::text);
 -- name: set_calendar_hours
 SELECT sla_daemon.set_calendar_hours($1::text, $2::smallint[], $3::text[]::time[],
                                      $4::text[]::time[]);
+
+-- name: explain_ticket
+SELECT sla_daemon.explain_ticket($1::text)::text;
