@@ -248,3 +248,15 @@ SELECT sla_daemon.set_calendar_hours($1::text, $2::smallint[], $3::text[]::time[
 
 -- name: explain_ticket
 SELECT sla_daemon.explain_ticket($1::text)::text;
+
+-- name: add_closure
+SELECT sla_daemon.add_closure($1::text, $2::date, $3::text);
+
+-- name: remove_closure
+SELECT sla_daemon.remove_closure($1::text, $2::date);
+
+-- name: assign_calendar
+SELECT sla_daemon.assign_calendar($1::uuid, $2::text, $3::text);
+
+-- name: add_public_holiday
+SELECT sla_daemon.add_public_holiday($1::text, $2::date, $3::text);
