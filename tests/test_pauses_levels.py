@@ -238,3 +238,47 @@ async def test_explain_tells_how_each_deadline_was_reached(
     assert doc["cycle"]["number"] == 1
     assert datetime.fromisoformat(doc["cycle"]["started_at"]) == sast("2025-04-25T15:00:00")
     assert await SLAService(pool).explain("NO-SUCH") is None
+
+
+async def test_the_readme_worked_example(conn: asyncpg.Connection) -> None:
+    await calendar(conn, "office", ["mon-fri 08:00-12:30,13:30-16:30"])
+    mid = await municipality_on(conn, "office", 8, 16)
+    for level, hours in ((2, 8), (3, 24)):
+        await conn.execute(
+            "INSERT INTO sla_daemon.escalation_levels (municipality_id, level, after_hours,"
+            " assign_to) VALUES ($1, $2, $3, $4)",
+            mid,
+            level,
+            hours,
+            await f.user(conn),
+        )
+    created = sast("2025-04-25T15:00:00")
+    tid = await f.ticket(conn, mid, "billing", created_at=created)
+    assert await f.deadlines(conn, tid) == (
+        sast("2025-04-29T15:30:00"),
+        sast("2025-04-30T16:00:00"),
+    )
+    await conn.execute(
+        "INSERT INTO sla_daemon.pauses (ticket_id, started_at, ended_at, status)"
+        " VALUES ($1, $2, $3, 'waiting_on_citizen')",
+        tid,
+        sast("2025-04-29T10:00:00"),
+        sast("2025-04-30T09:00:00"),
+    )
+    assert (
+        await conn.fetchval(
+            "SELECT sla_daemon.paused_seconds($1, sla_daemon.calendar_for($2, 'billing'), $3)",
+            tid,
+            mid,
+            created,
+        )
+        == 6.5 * 3600
+    )
+    row = await conn.fetchrow(
+        "SELECT * FROM sla_daemon.ticket_deadlines($1, $2, 'billing', $3)", tid, mid, created
+    )
+    deadline = row["resolution_deadline"]
+    assert deadline == sast("2025-05-02T15:00:00")
+    due = "SELECT sla_daemon.level_due($1, 'billing', $2, $3::smallint)"
+    assert await conn.fetchval(due, mid, deadline, 2) == sast("2025-05-05T15:30:00")
+    assert await conn.fetchval(due, mid, deadline, 3) == sast("2025-05-07T16:30:00")
