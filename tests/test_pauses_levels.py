@@ -117,6 +117,19 @@ async def test_a_reentry_records_a_new_cycle(conn: asyncpg.Connection) -> None:
     assert [r["cycle"] for r in cycles] == [2, 3]
 
 
+async def add_level(
+    conn: asyncpg.Connection, mid: UUID, level: int, hours: float, person: UUID
+) -> None:
+    await conn.execute(
+        "INSERT INTO sla_daemon.escalation_levels (municipality_id, level, after_hours,"
+        " assign_to) VALUES ($1, $2, $3, $4)",
+        mid,
+        level,
+        hours,
+        person,
+    )
+
+
 async def levels_ticket(
     conn: asyncpg.Connection, overdue: timedelta
 ) -> tuple[UUID, UUID, UUID, UUID, UUID]:
@@ -124,14 +137,7 @@ async def levels_ticket(
     manager, head, mm = [await f.user(conn, f"083000000{i}") for i in range(3)]
     team = await f.team(conn, mid, manager)
     for level, hours, person in ((2, 1, head), (3, 2, mm)):
-        await conn.execute(
-            "INSERT INTO sla_daemon.escalation_levels (municipality_id, level, after_hours,"
-            " assign_to) VALUES ($1, $2, $3, $4)",
-            mid,
-            level,
-            hours,
-            person,
-        )
+        await add_level(conn, mid, level, hours, person)
     deadline = await conn.fetchval("SELECT now() - $1::interval", overdue)
     citizen = await f.user(conn, "0821234567")
     tid = await f.ticket(
@@ -244,14 +250,7 @@ async def test_the_readme_worked_example(conn: asyncpg.Connection) -> None:
     await calendar(conn, "office", ["mon-fri 08:00-12:30,13:30-16:30"])
     mid = await municipality_on(conn, "office", 8, 16)
     for level, hours in ((2, 8), (3, 24)):
-        await conn.execute(
-            "INSERT INTO sla_daemon.escalation_levels (municipality_id, level, after_hours,"
-            " assign_to) VALUES ($1, $2, $3, $4)",
-            mid,
-            level,
-            hours,
-            await f.user(conn),
-        )
+        await add_level(conn, mid, level, hours, await f.user(conn))
     created = sast("2025-04-25T15:00:00")
     tid = await f.ticket(conn, mid, "billing", created_at=created)
     assert await f.deadlines(conn, tid) == (
