@@ -228,3 +228,25 @@ async def test_migrate_again_keeps_calendars_and_moves_nothing(conn: asyncpg.Con
     before = await f.deadlines(conn, tid)
     assert await db.migrate(conn) == []
     assert await f.deadlines(conn, tid) == before
+
+
+async def test_a_public_holiday_declared_after_creation_moves_a_live_deadline(
+    conn: asyncpg.Connection,
+) -> None:
+    await calendar(conn, "always-za", ["mon-sun 00:00-24:00"])  # ZA holidays close it
+    mid = await municipality_on(conn, "always-za", 1, 72)
+    tid = await f.ticket(conn, mid)
+    _, before = await f.deadlines(conn, tid)
+    day = await conn.fetchval(
+        "SELECT d FROM generate_series((now() AT TIME ZONE 'Africa/Johannesburg')::date + 1,"
+        " (now() AT TIME ZONE 'Africa/Johannesburg')::date + 10, interval '1 day') d"
+        " WHERE d::date NOT IN (SELECT day FROM sla_daemon.public_holidays WHERE country = 'ZA')"
+        " ORDER BY d LIMIT 1"
+    )
+    n = await conn.fetchval(
+        "SELECT sla_daemon.add_public_holiday('ZA', $1::date, 'Declared day')", day
+    )
+    assert n == 1
+    _, after = await f.deadlines(conn, tid)
+    # the first open day ahead is now closed: the deadline moves by a day
+    assert after == before + timedelta(days=1)  # type: ignore[operator]
