@@ -243,13 +243,17 @@ END
 $$;
 
 -- The calendar of (municipality, category): the category's assignment, else the
--- municipality's; NULL: 24/7.
+-- municipality's; NULL: 24/7. (The small helpers on the insert path are PL/pgSQL, not
+-- SQL: a SQL function with a SET clause is never inlined and is planned again in
+-- every transaction; PL/pgSQL keeps its plans for the session.)
 CREATE FUNCTION sla_daemon.calendar_for(p_municipality uuid, p_category text) RETURNS integer
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.calendar_id FROM sla_daemon.calendar_assignments a
-    WHERE a.municipality_id = p_municipality AND a.category IN ('', lower(p_category))
-    ORDER BY a.category DESC
-    LIMIT 1
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT a.calendar_id FROM sla_daemon.calendar_assignments a
+            WHERE a.municipality_id = p_municipality AND a.category IN ('', lower(p_category))
+            ORDER BY a.category DESC
+            LIMIT 1);
+END
 $$;
 
 -- p_seconds of business time after p_start on p_calendar (NULL: the wall clock).
@@ -315,10 +319,16 @@ $$;
 -- The current SLA cycle of a ticket: its number and start (cycle 1 starts at creation).
 CREATE FUNCTION sla_daemon.current_cycle(p_ticket_id uuid, p_created_at timestamptz,
                                          OUT cycle integer, OUT started_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(max(c.cycle), 1),
-           coalesce((array_agg(c.started_at ORDER BY c.cycle DESC))[1], p_created_at)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    SELECT c.cycle, c.started_at INTO cycle, started_at
     FROM sla_daemon.cycles c WHERE c.ticket_id = p_ticket_id
+    ORDER BY c.cycle DESC LIMIT 1;
+    IF NOT FOUND THEN
+        cycle := 1;
+        started_at := p_created_at;
+    END IF;
+END
 $$;
 
 -- Business seconds a ticket's resolution clock was paused since p_since (ended pauses;
@@ -326,11 +336,13 @@ $$;
 CREATE FUNCTION sla_daemon.paused_seconds(p_ticket_id uuid, p_calendar integer,
                                           p_since timestamptz)
 RETURNS double precision
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(sum(sla_daemon.business_seconds(p_calendar, p.started_at,
-                                                    coalesce(p.ended_at, now()))), 0)
-    FROM sla_daemon.pauses p
-    WHERE p.ticket_id = p_ticket_id AND p.started_at >= p_since
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT sum(sla_daemon.business_seconds(p_calendar, p.started_at,
+                                                            coalesce(p.ended_at, now())))
+                     FROM sla_daemon.pauses p
+                     WHERE p.ticket_id = p_ticket_id AND p.started_at >= p_since), 0);
+END
 $$;
 
 -- A live ticket's deadlines as they stand: from its cycle's start, its config's hours on
