@@ -307,10 +307,33 @@ BEGIN
     IF v_cal IS NULL THEN
         response_deadline := p_created_at + c.response_hours * interval '1 hour';
         resolution_deadline := p_created_at + c.resolution_hours * interval '1 hour';
-    ELSE
-        v0 := sla_daemon.odometer(v_cal, p_created_at);
-        response_deadline := sla_daemon.business_at(v_cal, v0 + c.response_hours * 3600);
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- odometer() and business_at() written out: this runs for every ticket inserted,
+    -- and each call of a function with a SET clause costs a GUC save and restore.
+    SELECT i.cum_start + least(greatest(extract(epoch FROM p_created_at - i.starts_at)::float8, 0),
+                               i.cum_end - i.cum_start)
+    INTO v0
+    FROM sla_daemon.calendar_intervals i
+    WHERE i.calendar_id = v_cal AND i.starts_at <= p_created_at
+    ORDER BY i.starts_at DESC LIMIT 1;
+    v0 := coalesce(v0, 0);
+    SELECT i.starts_at + (v0 + c.response_hours * 3600 - i.cum_start) * interval '1 second'
+    INTO response_deadline
+    FROM sla_daemon.calendar_intervals i
+    WHERE i.calendar_id = v_cal AND i.cum_end >= v0 + c.response_hours * 3600
+    ORDER BY i.cum_end LIMIT 1;
+    SELECT i.starts_at + (v0 + c.resolution_hours * 3600 - i.cum_start) * interval '1 second'
+    INTO resolution_deadline
+    FROM sla_daemon.calendar_intervals i
+    WHERE i.calendar_id = v_cal AND i.cum_end >= v0 + c.resolution_hours * 3600
+    ORDER BY i.cum_end LIMIT 1;
+    IF resolution_deadline IS NULL THEN  -- past the horizon: business_at says so
         resolution_deadline := sla_daemon.business_at(v_cal, v0 + c.resolution_hours * 3600);
+    END IF;
+    IF response_deadline IS NULL THEN
+        response_deadline := sla_daemon.business_at(v_cal, v0 + c.response_hours * 3600);
     END IF;
     RETURN NEXT;
 END
@@ -368,24 +391,68 @@ BEGIN
 END
 $$;
 
--- When to warn about a deadline: once p_pct % of its window (business time, pauses
--- excluded) has elapsed, i.e. when (100 - p_pct) % of it remains.
-CREATE FUNCTION sla_daemon.warn_at(p_calendar integer, p_start timestamptz,
-                                   p_deadline timestamptz, p_pct integer,
-                                   p_paused double precision)
-RETURNS timestamptz
+-- A live ticket's warning instants, both kinds in one call (the insert path: one call
+-- per ticket, the look-ups written out): at p_pct % of each deadline's window in
+-- business time from the cycle's start, pauses excluded.
+CREATE FUNCTION sla_daemon.ticket_warnings(p_ticket_id uuid, p_municipality uuid,
+                                           p_category text, p_created_at timestamptz,
+                                           p_response timestamptz, p_resolution timestamptz)
+RETURNS TABLE (deadline_kind text, deadline timestamptz, warn_at timestamptz)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    v_cal integer;
+    v_start timestamptz;
+    v_pct integer;
+    v_paused double precision := 0;
+    v0 double precision;
     v_end double precision;
     v_window double precision;
 BEGIN
-    IF p_calendar IS NULL THEN
-        v_window := extract(epoch FROM p_deadline - p_start)::double precision - p_paused;
-        RETURN p_deadline - greatest(v_window, 0) * (1 - p_pct / 100.0) * interval '1 second';
+    SELECT a.calendar_id INTO v_cal FROM sla_daemon.calendar_assignments a
+    WHERE a.municipality_id = p_municipality AND a.category IN ('', lower(p_category))
+    ORDER BY a.category DESC LIMIT 1;
+    SELECT c.started_at INTO v_start FROM sla_daemon.cycles c
+    WHERE c.ticket_id = p_ticket_id ORDER BY c.cycle DESC LIMIT 1;
+    v_start := coalesce(v_start, p_created_at);
+    SELECT c.warning_threshold_pct INTO v_pct
+    FROM sla_daemon.sla_config_for(p_municipality, p_category) c;
+    IF EXISTS (SELECT 1 FROM sla_daemon.pauses p
+               WHERE p.ticket_id = p_ticket_id AND p.started_at >= v_start) THEN
+        v_paused := sla_daemon.paused_seconds(p_ticket_id, v_cal, v_start);
     END IF;
-    v_end := sla_daemon.odometer(p_calendar, p_deadline);
-    v_window := v_end - sla_daemon.odometer(p_calendar, p_start) - p_paused;
-    RETURN sla_daemon.business_at(p_calendar, v_end - greatest(v_window, 0) * (1 - p_pct / 100.0));
+    IF v_cal IS NOT NULL THEN
+        v0 := sla_daemon.odometer(v_cal, v_start);
+    END IF;
+    FOR deadline_kind, deadline IN
+        SELECT k.kind, k.at FROM (VALUES ('response', p_response),
+                                         ('resolution', p_resolution)) AS k(kind, at)
+        WHERE k.at IS NOT NULL
+    LOOP
+        IF v_cal IS NULL THEN
+            v_window := extract(epoch FROM deadline - v_start)::double precision
+                        - CASE deadline_kind WHEN 'resolution' THEN v_paused ELSE 0 END;
+            warn_at := deadline
+                       - greatest(v_window, 0) * (1 - v_pct / 100.0) * interval '1 second';
+        ELSE
+            SELECT i.cum_start + least(greatest(extract(epoch FROM deadline - i.starts_at)::float8,
+                                                0), i.cum_end - i.cum_start)
+            INTO v_end
+            FROM sla_daemon.calendar_intervals i
+            WHERE i.calendar_id = v_cal AND i.starts_at <= deadline
+            ORDER BY i.starts_at DESC LIMIT 1;
+            v_end := coalesce(v_end, 0);
+            v_window := v_end - v0
+                        - CASE deadline_kind WHEN 'resolution' THEN v_paused ELSE 0 END;
+            v_end := v_end - greatest(v_window, 0) * (1 - v_pct / 100.0);
+            SELECT i.starts_at + (v_end - i.cum_start) * interval '1 second'
+            INTO warn_at
+            FROM sla_daemon.calendar_intervals i
+            WHERE i.calendar_id = v_cal AND i.cum_end >= v_end
+            ORDER BY i.cum_end LIMIT 1;
+            warn_at := coalesce(warn_at, deadline);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 
@@ -455,28 +522,17 @@ BEGIN
         RETURNING due_at
     )
     SELECT min(due_at) INTO v_next FROM ins;
-    WITH live AS (
-        SELECT t.id, t.sla_response_deadline, t.sla_resolution_deadline,
-               sla_daemon.calendar_for(t.tenant_id, t.category) AS cal,
-               (sla_daemon.current_cycle(t.id, t.created_at)).started_at AS start,
-               (SELECT c.warning_threshold_pct
-                FROM sla_daemon.sla_config_for(t.tenant_id, t.category) c) AS pct
+    WITH due AS (
+        SELECT t.id, w.deadline_kind AS kind, w.deadline, w.warn_at
         FROM public.tickets t
+        CROSS JOIN LATERAL sla_daemon.ticket_warnings(t.id, t.tenant_id, t.category,
+                                                      t.created_at, t.sla_response_deadline,
+                                                      t.sla_resolution_deadline) w
         WHERE t.id = ANY (p_ticket_ids)
           AND t.status IN ('open', 'in_progress') AND NOT t.is_sensitive
-    ), due AS (
-        SELECT l.id, k.kind, k.deadline,
-               sla_daemon.warn_at(l.cal, l.start, k.deadline, l.pct,
-                                  CASE k.kind WHEN 'resolution'
-                                       THEN sla_daemon.paused_seconds(l.id, l.cal, l.start)
-                                       ELSE 0 END) AS warn_at
-        FROM live l
-        CROSS JOIN LATERAL (VALUES ('response', l.sla_response_deadline),
-                                   ('resolution', l.sla_resolution_deadline)) AS k(kind, deadline)
-        WHERE k.deadline IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM sla_daemon.events e
-                          WHERE e.kind = 'warning' AND e.ticket_id = l.id
-                            AND e.deadline_kind = k.kind AND e.deadline = k.deadline)
+                          WHERE e.kind = 'warning' AND e.ticket_id = t.id
+                            AND e.deadline_kind = w.deadline_kind AND e.deadline = w.deadline)
     ), ins AS (
         INSERT INTO sla_daemon.warnings (ticket_id, deadline_kind, warn_at, deadline)
         SELECT id, kind, warn_at, deadline FROM due
@@ -1139,7 +1195,7 @@ GRANT EXECUTE ON FUNCTION
     sla_daemon.compute_deadlines(uuid, text, timestamptz, boolean),
     sla_daemon.current_cycle(uuid, timestamptz),
     sla_daemon.paused_seconds(uuid, integer, timestamptz),
-    sla_daemon.warn_at(integer, timestamptz, timestamptz, integer, double precision),
+    sla_daemon.ticket_warnings(uuid, uuid, text, timestamptz, timestamptz, timestamptz),
     sla_daemon.level_due(uuid, text, timestamptz, smallint),
     sla_daemon.next_level(uuid, text, smallint),
     sla_daemon.schedule_next_level(uuid, uuid, text, integer, smallint, timestamptz),
