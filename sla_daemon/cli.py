@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NoReturn, TypeVar
+from uuid import UUID
 
 import asyncpg
 import click
@@ -36,6 +37,8 @@ from .logs import JsonFormatter, setup_logging
 __all__ = ["EX_CONFIG", "EX_UNAVAILABLE", "EX_USAGE", "main"]
 
 EX_USAGE = 64  # sysexits.h: the command was used incorrectly
+EX_DATAERR = 65  # sysexits.h: the input data was incorrect (a refused calendar change)
+EX_NOINPUT = 66  # sysexits.h: an input did not exist (no such ticket)
 
 T = TypeVar("T")
 
@@ -93,6 +96,23 @@ class _NotPermitted(Exception):
     pass
 
 
+class _Refused(Exception):
+    """The database refused the input (no such calendar, overlapping hours, ...)."""
+
+
+#: What the calendar functions raise for bad input, not for a failing database.
+_INPUT_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.RaiseError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
+async def _nothing(_conn: asyncpg.Connection) -> None:
+    """The work of a connection made only to see that it can be made."""
+
+
 def _with_connection(
     settings: Settings,
     work: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -131,6 +151,8 @@ def _with_connection(
         _fail(f"{exc}: run sla-daemon migrate", EX_CONFIG)
     except _NotPermitted as exc:
         _fail(str(exc), EX_CONFIG)
+    except _Refused as exc:
+        _fail(str(exc), EX_DATAERR)
     except db.MigrationError as exc:
         _fail(str(exc), EX_UNAVAILABLE)
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -562,6 +584,189 @@ def healthcheck(ctx: click.Context, timeout: float) -> None:
         _fail(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", 1)
     except (OSError, TimeoutError) as exc:
         _fail(f"{url}: {exc}", 1)
+
+
+@main.group()
+def sla() -> None:
+    """SLA deadlines: explain how one was reached."""
+
+
+@sla.command("explain")
+@click.argument("tracking_number")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_timeout_option
+@click.pass_context
+def sla_explain(ctx: click.Context, tracking_number: str, as_json: bool, timeout: float) -> None:
+    """How TRACKING_NUMBER's deadlines were reached: the config and where it comes
+    from, the calendar, the cycle's start, the business hours counted, the closures
+    and pauses skipped, the escalation levels fired. Exits 66 for no such ticket."""
+    from .explain import format_explanation
+
+    settings = _settings(ctx)
+
+    async def work(conn: asyncpg.Connection) -> str | None:
+        text: str | None = await conn.fetchval(db.QUERIES["explain_ticket"], tracking_number)
+        return text
+
+    text = _with_connection(settings, work, timeout=timeout)
+    if text is None:
+        _fail(f"no ticket with tracking number {tracking_number!r}", EX_NOINPUT)
+    doc = json.loads(text)
+    click.echo(
+        json.dumps(doc, indent=2, ensure_ascii=False) if as_json else format_explanation(doc)
+    )
+
+
+@main.group()
+def calendar() -> None:
+    """Business calendars: hours, closures, public holidays, which tickets use which.
+
+    Changes recompute the deadlines of live tickets that have not passed. They need
+    the migration role's DATABASE_URL (or a member of sla_daemon_owner): the daemon's
+    own role may read calendars, never change them.
+    """
+
+
+def _calendar_change(ctx: click.Context, timeout: float, query: str, *args: object) -> int:
+    """Run one calendar function; bad input is one line and exit 65."""
+    settings = _settings(ctx)
+
+    async def work(conn: asyncpg.Connection) -> int:
+        try:
+            async with conn.transaction():
+                return int(await conn.fetchval(db.QUERIES[query], *args) or 0)
+        except _INPUT_ERRORS as exc:
+            raise _Refused(f"refused: {exc}") from None
+
+    return _with_connection(settings, work, timeout=timeout)
+
+
+def _moved(n: int) -> str:
+    return f"{n} live ticket{'' if n == 1 else 's'} got new deadlines"
+
+
+@calendar.command("define")
+@click.argument("name")
+@click.option("--time-zone", default="Africa/Johannesburg", show_default=True)
+@click.option(
+    "--holidays",
+    "country",
+    default="ZA",
+    show_default=True,
+    help="Whose public holidays close it (a country code of the holidays package; 'none').",
+)
+@_timeout_option
+@click.pass_context
+def calendar_define(
+    ctx: click.Context, name: str, time_zone: str, country: str, timeout: float
+) -> None:
+    """Create calendar NAME, or change its time zone or holidays."""
+    holiday_country = None if country.lower() == "none" else country.upper()
+    _calendar_change(ctx, timeout, "define_calendar", name, time_zone, holiday_country)
+    click.echo(f"calendar {name}: {time_zone}, {holiday_country or 'no'} public holidays")
+
+
+@calendar.command("hours")
+@click.argument("name")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@_timeout_option
+@click.pass_context
+def calendar_hours(ctx: click.Context, name: str, specs: tuple[str, ...], timeout: float) -> None:
+    """Replace NAME's weekly opening hours, e.g.
+
+    \b
+    sla-daemon calendar hours office 'mon-fri 08:00-12:30,13:30-16:30' 'sat 08:00-12:00'
+    """
+    from .calendars import parse_hours
+
+    try:
+        rows = parse_hours(list(specs))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SPEC") from None
+    n = _calendar_change(
+        ctx,
+        timeout,
+        "set_calendar_hours",
+        name,
+        [r.weekday for r in rows],
+        [r.opens for r in rows],
+        [r.closes for r in rows],
+    )
+    click.echo(f"calendar {name}: {len(rows)} opening intervals a week; {_moved(n)}")
+
+
+@calendar.command("close")
+@click.argument("name")
+@click.argument("day", type=click.DateTime(["%Y-%m-%d"]))
+@click.argument("reason")
+@_timeout_option
+@click.pass_context
+def calendar_close(
+    ctx: click.Context, name: str, day: datetime, reason: str, timeout: float
+) -> None:
+    """Close NAME on DAY (YYYY-MM-DD) for REASON (a municipal day, ...)."""
+    n = _calendar_change(ctx, timeout, "add_closure", name, day.date(), reason)
+    click.echo(f"calendar {name}: closed on {day.date()}; {_moved(n)}")
+
+
+@calendar.command("reopen")
+@click.argument("name")
+@click.argument("day", type=click.DateTime(["%Y-%m-%d"]))
+@_timeout_option
+@click.pass_context
+def calendar_reopen(ctx: click.Context, name: str, day: datetime, timeout: float) -> None:
+    """Remove NAME's own closure on DAY."""
+    n = _calendar_change(ctx, timeout, "remove_closure", name, day.date())
+    click.echo(f"calendar {name}: open on {day.date()}; {_moved(n)}")
+
+
+@calendar.command("assign")
+@click.argument("municipality", type=click.UUID)
+@click.argument("name")
+@click.option("--category", help="Only this category of the municipality's tickets.")
+@_timeout_option
+@click.pass_context
+def calendar_assign(
+    ctx: click.Context, municipality: UUID, name: str, category: str | None, timeout: float
+) -> None:
+    """Run MUNICIPALITY's tickets (or one --category) on calendar NAME; '24/7' for the
+    wall clock (say, water and electricity outages on a business-hours municipality)."""
+    cal = None if name == "24/7" else name
+    n = _calendar_change(ctx, timeout, "assign_calendar", municipality, category, cal)
+    click.echo(f"{municipality}{f' {category}' if category else ''}: {name}; {_moved(n)}")
+
+
+@calendar.command("add-holiday")
+@click.argument("day", type=click.DateTime(["%Y-%m-%d"]))
+@click.argument("name")
+@click.option("--country", default="ZA", show_default=True)
+@_timeout_option
+@click.pass_context
+def calendar_add_holiday(
+    ctx: click.Context, day: datetime, name: str, country: str, timeout: float
+) -> None:
+    """A public holiday the holidays package does not know yet (a declared day): every
+    calendar with COUNTRY's holidays closes; a package reload never removes it."""
+    n = _calendar_change(ctx, timeout, "add_public_holiday", country.upper(), day.date(), name)
+    click.echo(f"{country.upper()} public holiday {day.date()} {name}; {_moved(n)}")
+
+
+@calendar.command("load-holidays")
+@_timeout_option
+@click.pass_context
+def calendar_load_holidays(ctx: click.Context, timeout: float) -> None:
+    """Load the public holidays of the installed holidays package (also done by every
+    migrate), from 2020 to five years ahead, and move every calendar's horizon on."""
+    from .calendars import load_public_holidays
+
+    settings = _settings(ctx)
+
+    async def work(conn: asyncpg.Connection) -> dict[str, int]:
+        async with conn.transaction():
+            return await load_public_holidays(conn)
+
+    loaded = _with_connection(settings, work, timeout=timeout, command_timeout=None)
+    click.echo(", ".join(f"{c}: {n} holidays loaded" for c, n in loaded.items()))
 
 
 @main.command(short_help="Watch the daemon work, live, in well under a minute.")

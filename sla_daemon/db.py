@@ -214,10 +214,26 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                         await conn.execute(_SETTLE)
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
+        await _load_holidays(conn)
         return [m for m in migrations if m.version not in applied]
     finally:
         await conn.execute("SELECT pg_catalog.pg_advisory_unlock($1, $2)", *MIGRATION_LOCK)
         await conn.execute("SELECT pg_catalog.set_config('search_path', $1, false)", saved_path)
+
+
+async def _load_holidays(conn: asyncpg.Connection) -> None:
+    """Every migrate loads the public holidays for the coming years (and so moves every
+    calendar's horizon on): one transaction, under the migration lock."""
+    if not await conn.fetchval(QUERIES["has_calendars"]):
+        return
+    from .calendars import load_public_holidays  # the holidays package, only here
+
+    try:
+        async with conn.transaction():
+            loaded = await load_public_holidays(conn)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(f"loading public holidays failed: {exc}") from exc
+    log.info("public holidays loaded: %s", loaded)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:

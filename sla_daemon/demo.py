@@ -39,11 +39,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import click
 
 from . import db
+from .calendars import set_hours
 from .check import DatabaseUnavailable, connect, describe_target
 from .config import Settings
 from .daemon import Daemon
@@ -85,6 +87,13 @@ CITIZENS = (
     Citizen("082 000 0003", "af-ZA"),
 )
 MANAGER_PHONE = "082 000 0009"
+HEAD_PHONE = "082 000 0008"  # the department head: escalation level 2
+
+#: The business-hours ticket: billing on an office calendar closed the next working day.
+BUSINESS_CALENDAR = "demo-office"
+BUSINESS_HOURS = "mon-fri 08:00-16:30"
+BUSINESS_RESPONSE_HOURS = 12
+BUSINESS_TICKET = 5
 
 #: (ticket number, citizen index, category); ticket 4 is left open and will escalate.
 TICKETS = ((1, 0, "water"), (2, 1, "electricity"), (3, 2, "roads"), (4, 1, "refuse"))
@@ -125,6 +134,8 @@ class Seeded:
     team_id: UUID
     manager_id: UUID
     user_ids: list[UUID]
+    head_id: UUID
+    calendar: str
     tickets: dict[int, str] = field(default_factory=dict)  # number -> tracking number
 
 
@@ -137,6 +148,7 @@ class Seen:
     messages: Counter[str] = field(default_factory=Counter)
     warnings: int = 0
     escalations: int = 0
+    levels: int = 0
     escalation_notice: bool = False
     unfinished: int = 0
 
@@ -322,6 +334,7 @@ async def _demo_body(
             return zero + (moment - db_zero).total_seconds()
 
         await _report_tickets(staff, seeded, out)
+        await _business_hours_ticket(staff, seeded, out)
         script = asyncio.create_task(_staff_script(staff, seeded, seconds, out))
         deadline = time.monotonic() + seconds * 1.2 + 20
         while True:
@@ -330,13 +343,14 @@ async def _demo_body(
                 script.cancel()
                 error = None if daemon_task.cancelled() else daemon_task.exception()
                 raise DemoError(f"the daemon stopped unexpectedly: {error!r}")
-            if script.done() and seen.escalation_notice and not seen.unfinished:
+            if script.done() and seen.escalation_notice and seen.levels and not seen.unfinished:
                 break
             if time.monotonic() > deadline:
                 script.cancel()
                 raise DemoError(
                     "the demo did not see everything in time "
                     f"(escalation notice sent: {seen.escalation_notice}, "
+                    f"level 2 fired: {seen.levels > 0}, "
                     f"messages still queued: {seen.unfinished}); see the daemon's log with -v"
                 )
             await asyncio.sleep(0.1)
@@ -345,7 +359,7 @@ async def _demo_body(
         out(
             "summary",
             f"{sum(seen.messages.values())} WhatsApp messages ({by_language}), "
-            f"{seen.warnings} warning, {seen.escalations} escalation",
+            f"{seen.warnings} warning, {seen.escalations} escalation (then level 2)",
             "green",
             bold=True,
         )
@@ -354,6 +368,7 @@ async def _demo_body(
             for what, ok in (
                 ("a warning", seen.warnings > 0),
                 ("an escalation", seen.escalations > 0),
+                ("a second escalation level", seen.levels > 0),
                 ("all three languages", len(seen.messages) >= 3),
             )
             if not ok
@@ -513,7 +528,41 @@ async def _seed(conn: asyncpg.Connection, prefix: str, seconds: float, shared: b
             "Demo Service Team",
             manager,
         )
-    return Seeded(prefix, name, mid, team, manager, user_ids)
+        head = await conn.fetchval(
+            "INSERT INTO public.users (phone, preferred_language) VALUES ($1, 'en') RETURNING id",
+            HEAD_PHONE,
+        )
+        # level 2: the department head, a quarter of the response time after the deadline
+        await conn.execute(
+            "INSERT INTO sla_daemon.escalation_levels (municipality_id, level, after_hours,"
+            " assign_to) VALUES ($1, 2, $2::numeric, $3)",
+            mid,
+            min(seconds / 4, 5.0) / 3600,
+            head,
+        )
+        # billing runs on office hours, and the office is closed on the next working day
+        await conn.execute(
+            "INSERT INTO public.sla_configs (municipality_id, category, response_hours,"
+            " resolution_hours, warning_threshold_pct, is_active)"
+            " VALUES ($1, 'billing', $2, $3, $4, true)",
+            mid,
+            BUSINESS_RESPONSE_HOURS,
+            BUSINESS_RESPONSE_HOURS * RESOLUTION_FACTOR,
+            WARNING_PCT,
+        )
+        calendar = f"{BUSINESS_CALENDAR}-{prefix.rstrip('-').lower()}"
+        await conn.execute("SELECT sla_daemon.define_calendar($1)", calendar)
+        await set_hours(conn, calendar, [BUSINESS_HOURS])
+        await conn.execute(
+            "SELECT sla_daemon.add_closure($1, d, 'Demo municipal day')"
+            " FROM (SELECT min(d)::date AS d FROM generate_series("
+            "   (now() AT TIME ZONE 'Africa/Johannesburg')::date + 1,"
+            "   (now() AT TIME ZONE 'Africa/Johannesburg')::date + 7, interval '1 day') d"
+            "  WHERE extract(isodow FROM d) <= 5) x",
+            calendar,
+        )
+        await conn.execute("SELECT sla_daemon.assign_calendar($1, 'billing', $2)", mid, calendar)
+    return Seeded(prefix, name, mid, team, manager, user_ids, head, calendar)
 
 
 async def _report_tickets(conn: asyncpg.Connection, seeded: Seeded, out: Printer) -> None:
@@ -532,6 +581,31 @@ async def _report_tickets(conn: asyncpg.Connection, seeded: Seeded, out: Printer
         seeded.tickets[number] = tracking
         who = CITIZENS[citizen]
         out("ticket", f"{tracking} ({category}) reported by {_masked(who.phone)} [{who.language}]")
+
+
+async def _business_hours_ticket(conn: asyncpg.Connection, seeded: Seeded, out: Printer) -> None:
+    """A billing query on office hours: its deadline skips nights, weekends, public
+    holidays and the office's closure, as ``sla-daemon sla explain`` tells."""
+    tracking = f"{seeded.prefix}{BUSINESS_TICKET}"
+    await conn.execute(
+        "INSERT INTO public.tickets (tenant_id, tracking_number, user_id, category,"
+        " assigned_team_id) VALUES ($1, $2, $3, 'billing', $4)",
+        seeded.municipality_id,
+        tracking,
+        seeded.user_ids[0],
+        seeded.team_id,
+    )
+    seeded.tickets[BUSINESS_TICKET] = tracking
+    doc = json.loads(await conn.fetchval(db.QUERIES["explain_ticket"], tracking))
+    skipped = "; ".join(f"{c['day']} {c['name']}" for c in doc["closures"])
+    due = datetime.fromisoformat(doc["deadlines"]["response"]["deadline"])
+    local = due.astimezone(ZoneInfo(doc["calendar"]["time_zone"]))
+    out(
+        "ticket",
+        f"{tracking} (billing) on office hours ({BUSINESS_HOURS}): response due"
+        f" {local:%a %d %b %H:%M} SAST, {BUSINESS_RESPONSE_HOURS} business hours later,"
+        f" skipping {skipped}",
+    )
 
 
 async def _staff_script(
@@ -568,7 +642,7 @@ SELECT count(*) FROM sla_daemon.outbox o JOIN public.tickets t ON t.id = o.ticke
 WHERE t.tracking_number LIKE $1 || '%' AND o.state IN ('pending', 'sending')
 """
 _EVENTS = """
-SELECT e.id, e.kind, e.deadline_kind, e.deadline, e.created_at, e.details,
+SELECT e.id, e.kind, e.deadline_kind, e.deadline, e.created_at, e.details, e.level,
        t.tracking_number, t.assigned_to, t.created_at AS ticket_created_at
 FROM sla_daemon.events e
 JOIN public.tickets t ON t.id = e.ticket_id
@@ -598,6 +672,16 @@ async def _watch_once(
                 f"{e['tracking_number']}: {WARNING_PCT}% of its {e['deadline_kind']} time is "
                 f"used{when}; the deadline is at +{at(e['deadline']):.1f}s",
                 "yellow",
+                bold=True,
+            )
+        elif e["level"] is not None and e["level"] > 1:
+            seen.levels += 1
+            out(
+                "ESCALATED",
+                f"{e['tracking_number']}: still unresolved, level {e['level']} at"
+                f" +{at(e['created_at']):.1f}s: now assigned to the department head"
+                f" {_masked(HEAD_PHONE)} (no second message to the citizen)",
+                "red",
                 bold=True,
             )
         else:
@@ -642,7 +726,7 @@ async def _watch_once(
 async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
     """Remove everything the demo created in a shared database, in one transaction."""
     pattern = seeded.prefix + "%"
-    users = [*seeded.user_ids, seeded.manager_id]
+    users = [*seeded.user_ids, seeded.manager_id, seeded.head_id]
     async with conn.transaction():
         ids = [
             r["id"]
@@ -656,19 +740,26 @@ async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
             "DELETE FROM sla_daemon.deadlines WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.events WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.warnings WHERE ticket_id = ANY ($1::uuid[])",
+            "DELETE FROM sla_daemon.level_schedule WHERE ticket_id = ANY ($1::uuid[])",
+            "DELETE FROM sla_daemon.cycles WHERE ticket_id = ANY ($1::uuid[])",
+            "DELETE FROM sla_daemon.pauses WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM public.ticket_assignments WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM public.tickets WHERE id = ANY ($1::uuid[])",
         ):
             await conn.execute(sql, ids)
-        await conn.execute(
-            "DELETE FROM public.sla_configs WHERE municipality_id = $1", seeded.municipality_id
-        )
+        for sql in (
+            "DELETE FROM public.sla_configs WHERE municipality_id = $1",
+            "DELETE FROM sla_daemon.escalation_levels WHERE municipality_id = $1",
+            "DELETE FROM sla_daemon.calendar_assignments WHERE municipality_id = $1",
+        ):
+            await conn.execute(sql, seeded.municipality_id)
+        await conn.execute("DELETE FROM sla_daemon.calendars WHERE name = $1", seeded.calendar)
         await conn.execute("DELETE FROM public.teams WHERE id = $1", seeded.team_id)
         await conn.execute("DELETE FROM public.users WHERE id = ANY ($1::uuid[])", users)
         await conn.execute(
             "DELETE FROM public.municipalities WHERE id = $1", seeded.municipality_id
         )
-    return f"{len(ids)} tickets, {len(users)} users, 1 team, 1 municipality"
+    return f"{len(ids)} tickets, {len(users)} users, 1 team, 1 calendar, 1 municipality"
 
 
 def _masked(phone: str | None) -> str:

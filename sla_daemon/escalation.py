@@ -27,7 +27,7 @@ from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .sla import BreachedTicket
 
-__all__ = ["EscalationResult", "EscalationService"]
+__all__ = ["EscalationResult", "EscalationService", "LevelResult"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,17 @@ class EscalationResult:
     breach_type: str | None
     manager_id: UUID | None
     tracking_number: str | None
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    ticket_id: UUID
+    #: escalated, moot (no longer escalated, or a new cycle), locked or failed.
+    outcome: str
+    level: int | None
+    assigned_to: UUID | None
+    tracking_number: str | None
+    overdue_hours: float | None
 
 
 class EscalationService:
@@ -188,6 +199,68 @@ class EscalationService:
             "ticket %s not escalated (%s): %s; next try %s",
             ticket.tracking_number,
             cause,
+            error,
+            retry_at.isoformat(timespec="seconds") if retry_at else "at the next sweep",
+        )
+
+    async def escalate_due_levels(self, batch_size: int = 500) -> list[LevelResult]:
+        """Fire every due escalation level (2, 3, ...), each ticket in its own transaction.
+
+        Under the ticket's escalation lock and re-check (sla_daemon.escalate_levels):
+        each level once per cycle; levels missed while no daemon ran fire in order."""
+        semaphore = asyncio.BoundedSemaphore(self._concurrency)
+        results: list[LevelResult] = []
+
+        async def one(ticket_id: UUID) -> None:
+            async with semaphore:
+                results.extend(await self._levels_isolated(ticket_id))
+
+        ids = [r["ticket_id"] for r in await self._pool.fetch(QUERIES["due_levels"], batch_size)]
+        async with asyncio.TaskGroup() as tg:
+            for ticket_id in ids:
+                tg.create_task(one(ticket_id))
+        return results
+
+    async def _levels_isolated(self, ticket_id: UUID) -> list[LevelResult]:
+        try:
+            rows = await self._pool.fetch(QUERIES["escalate_levels"], ticket_id)
+        except DB_ERRORS as exc:
+            await self._level_failed(ticket_id, f"{type(exc).__name__}: {exc}")
+            return [LevelResult(ticket_id, "failed", None, None, None, None)]
+        results = [
+            LevelResult(
+                ticket_id,
+                r["outcome"],
+                r["level"],
+                r["assigned_to"],
+                r["tracking_number"],
+                r["overdue_hours"],
+            )
+            for r in rows
+        ]
+        for r in results:
+            if r.outcome == "locked":
+                await self._level_failed(ticket_id, "escalation lock held by another session")
+            elif r.outcome == "escalated":
+                log.info(
+                    "ticket %s escalated to level %d (overdue by %.2f h)",
+                    r.tracking_number,
+                    r.level,
+                    r.overdue_hours or 0.0,
+                )
+        return results
+
+    async def _level_failed(self, ticket_id: UUID, error: str) -> None:
+        if self._metrics is not None:
+            self._metrics.escalation_failures.labels("level").inc()
+        try:
+            retry_at = await self._pool.fetchval(QUERIES["level_failed"], ticket_id, error)
+        except DB_ERRORS as exc:
+            retry_at = None
+            error = f"{error}; not recorded: {exc}"
+        log.warning(
+            "escalation level of ticket %s not fired: %s; next try %s",
+            ticket_id,
             error,
             retry_at.isoformat(timespec="seconds") if retry_at else "at the next sweep",
         )

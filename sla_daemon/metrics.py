@@ -86,6 +86,12 @@ class Metrics:
             ["language"],
             registry=r,
         )
+        self.escalation_levels = Counter(
+            "sla_daemon_escalation_levels",
+            "Escalation levels 2, 3, ... fired (level 1 is sla_daemon_escalations_total)",
+            ["level"],
+            registry=r,
+        )
         self.warnings = Counter(
             "sla_daemon_warnings", "Deadline warnings recorded", ["deadline_kind"], registry=r
         )

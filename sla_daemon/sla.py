@@ -7,10 +7,11 @@ Breaches are judged on database time and streamed in batches.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -116,6 +117,15 @@ class SLAService:
         """Live tickets past their warning threshold, not breached, never warned for it."""
         async for rows in self._stream(QUERIES["due_warnings"], batch_size):
             yield [_warning(r) for r in rows]
+
+    async def explain(self, tracking_number: str) -> dict[str, Any] | None:
+        """How a ticket's deadlines were reached (config, calendar, cycle, closures,
+        pauses, levels), as sla_daemon.explain_ticket tells it; None: no such ticket."""
+        text = await self._pool.fetchval(QUERIES["explain_ticket"], tracking_number)
+        if text is None:
+            return None
+        doc: dict[str, Any] = json.loads(text)
+        return doc
 
     async def _stream(
         self, query: str, batch_size: int | None

@@ -40,6 +40,8 @@ class PassResult:
     warnings: int
     next_at: datetime | None
     db_now: datetime
+    #: escalation levels (2, 3, ...) fired
+    levels: int = 0
 
 
 async def check_sla_breaches(
@@ -60,6 +62,8 @@ async def check_sla_breaches(
     escalated = [r for r in results if r.escalated]
     if results:
         log.info("Escalated %d/%d", len(escalated), len(results))
+    levels = await escalation.escalate_due_levels()
+    fired = [r for r in levels if r.outcome == "escalated"]
     await sla.tidy_deadlines()
     warnings = await sla.record_warnings()
     for w in warnings:
@@ -72,10 +76,14 @@ async def check_sla_breaches(
     if metrics is not None:
         for r in escalated:
             metrics.escalations.labels(r.breach_type or "unknown").inc()
+        for lv in fired:
+            metrics.escalation_levels.labels(str(lv.level)).inc()
         for w in warnings:
             metrics.warnings.labels(w.deadline_kind).inc()
     nxt = await sla.next_event_at(started)
-    return PassResult(len(escalated), len(results), len(warnings), nxt.at, nxt.db_now)
+    return PassResult(
+        len(escalated), len(results), len(warnings), nxt.at, nxt.db_now, levels=len(fired)
+    )
 
 
 class SLATimer:

@@ -353,3 +353,52 @@ SELECT sla_daemon.unadopted_count();
 -- name: adopt_tickets
 -- One batch of adoption ($1 tickets at most; $2 true: escalate the breached ones).
 SELECT adopted, breached FROM sla_daemon.adopt_tickets($1::integer, $2::boolean);
+-- name: calendar_today
+SELECT (now() AT TIME ZONE 'Africa/Johannesburg')::date;
+
+-- name: holiday_countries
+SELECT DISTINCT holiday_country AS country FROM sla_daemon.calendars
+WHERE holiday_country IS NOT NULL;
+
+-- name: load_public_holidays
+SELECT sla_daemon.load_public_holidays($1::text, $2::date, $3::date, $4::date[], $5::text[],
+                                       $6::text);
+
+-- name: has_calendars
+SELECT pg_catalog.to_regclass('sla_daemon.public_holidays') IS NOT NULL;
+
+-- name: due_levels
+-- Escalated tickets whose next escalation level is due (index on due_at).
+SELECT ticket_id FROM sla_daemon.level_schedule
+WHERE due_at <= now()
+ORDER BY due_at
+LIMIT $1::integer;
+
+-- name: escalate_levels
+SELECT outcome, level, assigned_to, tracking_number, overdue_hours
+FROM sla_daemon.escalate_levels($1::uuid);
+
+-- name: level_failed
+SELECT sla_daemon.level_failed($1::uuid, $2::text) AS retry_at;
+
+-- name: define_calendar
+SELECT sla_daemon.define_calendar($1::text, $2::text, $3::text);
+
+-- name: set_calendar_hours
+SELECT sla_daemon.set_calendar_hours($1::text, $2::smallint[], $3::text[]::time[],
+                                     $4::text[]::time[]);
+
+-- name: explain_ticket
+SELECT sla_daemon.explain_ticket($1::text)::text;
+
+-- name: add_closure
+SELECT sla_daemon.add_closure($1::text, $2::date, $3::text);
+
+-- name: remove_closure
+SELECT sla_daemon.remove_closure($1::text, $2::date);
+
+-- name: assign_calendar
+SELECT sla_daemon.assign_calendar($1::uuid, $2::text, $3::text);
+
+-- name: add_public_holiday
+SELECT sla_daemon.add_public_holiday($1::text, $2::date, $3::text);

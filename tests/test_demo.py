@@ -128,6 +128,12 @@ async def test_demo_shows_messages_in_three_languages_and_an_escalation_then_cle
     assert re.search(rf"WARNING\s+{prefix}4: .*response", out), out
     assert re.search(rf"ESCALATED\s+{prefix}4: response deadline .* team manager", out), out
     assert "8 WhatsApp messages" in out and "1 warning, 1 escalation" in out
+    # a second escalation level, with no second message to the citizen
+    assert re.search(rf"ESCALATED\s+{prefix}4: still unresolved, level 2 .* department head", out)
+    # the business-hours ticket's deadline skips the office's closure
+    assert re.search(
+        rf"ticket\s+{prefix}5 \(billing\) on office hours .* skipping .*Demo municipal day", out
+    ), out
     # Phones are masked; the output is plain text when not a terminal.
     assert "+27*****0002" in out
     assert "082 000" not in out and "27820000" not in out
