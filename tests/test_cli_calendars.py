@@ -62,7 +62,7 @@ async def test_bad_calendar_input_is_one_line_and_exit_65(dsn: str) -> None:
         assert result.code == 65, (args, result.text)
         assert len(result.err.splitlines()) == 1 and "Traceback" not in result.text
     result = await cli("calendar", "hours", "x", "mon 12:00-08:00", env=env)
-    assert result.code == 2 and "open before it closes" in result.err
+    assert result.code == 64 and "open before it closes" in result.err  # usage
 
 
 async def test_the_daemon_role_cannot_change_calendars(conn: asyncpg.Connection) -> None:
