@@ -51,13 +51,14 @@ class Mutant:
 
 M6 = "sql/migrations/0006_boundary.sql"
 M2 = "sql/migrations/0002_sla_core.sql"
+M7 = "sql/migrations/0007_calendars.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
     Mutant(
         "escalation-lock",
         "a ticket is escalated under its advisory lock, so a held key stops the escalation",
-        M6,
+        M7,
         "    IF NOT pg_try_advisory_xact_lock(5459009, hashtext(p_ticket_id::text)) THEN\n"
         "        RETURN QUERY SELECT false, 'locked'",
         "    IF false THEN\n        RETURN QUERY SELECT false, 'locked'",
@@ -66,7 +67,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-recheck",
         "under the lock the ticket is re-checked: one no longer breached is left alone",
-        M6,
+        M7,
         "    IF v_breach IS NULL THEN\n        RETURN QUERY SELECT false, 'not_breached'",
         "    IF false THEN\n        RETURN QUERY SELECT false, 'not_breached'",
         ("tests/test_escalation.py",),
@@ -91,9 +92,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sensitive-exclusion",
         "sensitive (GBV) tickets get no SLA deadlines",
-        M2,
-        "    WHERE p_is_sensitive IS FALSE\n$$;",
-        "    WHERE true\n$$;",
+        M7,
+        "    IF p_is_sensitive IS NOT FALSE THEN\n        RETURN;\n    END IF;\n"
+        "    SELECT * INTO c FROM sla_daemon.sla_config_for(p_municipality, p_category);",
+        "    SELECT * INTO c FROM sla_daemon.sla_config_for(p_municipality, p_category);",
         ("tests/test_sla.py",),
     ),
     Mutant(
@@ -107,10 +109,45 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "new-cycle",
         "a ticket that re-enters open/in_progress starts a new SLA cycle, not its old deadlines",
-        M6,
+        M7,
         "            PERFORM sla_daemon.start_cycle(NEW.id);",
         "            PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);",
         ("tests/test_sla.py", "tests/test_faults.py"),
+    ),
+    # --- business calendars ---------------------------------------------------------
+    Mutant(
+        "closing-time",
+        "a deadline that exactly fills a business day lands at closing time, not next morning",
+        M7,
+        "    WHERE i.calendar_id = v_cal AND i.cum_end >= v0 + c.resolution_hours * 3600",
+        "    WHERE i.calendar_id = v_cal AND i.cum_end > v0 + c.resolution_hours * 3600",
+        ("tests/test_calendars.py",),
+    ),
+    Mutant(
+        "holidays-closed",
+        "public holidays are closed days of a calendar that keeps them",
+        M7,
+        "              AND NOT EXISTS (SELECT 1 FROM sla_daemon.public_holidays ph\n"
+        "                              WHERE ph.country = c.holiday_country"
+        " AND ph.day = g.d::date)\n",
+        "",
+        ("tests/test_calendars.py",),
+    ),
+    Mutant(
+        "pauses-count",
+        "paused business time moves the resolution deadline",
+        M7,
+        "    RETURN coalesce((SELECT sum(sla_daemon.business_seconds(p_calendar, p.started_at,",
+        "    RETURN 0 * coalesce((SELECT sum(sla_daemon.business_seconds(p_calendar, p.started_at,",
+        ("tests/test_pauses_levels.py",),
+    ),
+    Mutant(
+        "level-once",
+        "each escalation level fires once per cycle",
+        M7,
+        "CREATE UNIQUE INDEX events_level_once",
+        "CREATE INDEX events_level_once",
+        ("tests/test_pauses_levels.py",),
     ),
     # --- outbox: claims -------------------------------------------------------------
     Mutant(
@@ -246,7 +283,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "wakeup-notify",
         "a status change wakes a sleeping sender at once",
-        M6,
+        M7,
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
         "            PERFORM pg_notify('sla_daemon_outbox', '');\n        END IF;\n    END IF;\n"
         "    IF NEW.status IN",
@@ -258,7 +295,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "pinned-search-path",
         "the status trigger runs with a pinned search_path, so a writer's pg_temp type never runs",
-        M6,
+        M7,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -268,7 +305,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "writers-need-no-grant",
         "writers need no grant on the daemon's schema (the trigger runs as its owner)",
-        M6,
+        M7,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -278,7 +315,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-mark",
         "only the daemon's escalation is notified as one; a writer's SET cannot forge it",
-        M6,
+        M7,
         "                 WHEN EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m\n"
         "                              WHERE m.ticket_id = NEW.id)",
         "                 WHEN true",
