@@ -141,14 +141,6 @@ MUTANTS: tuple[Mutant, ...] = (
         "    RETURN 0 * coalesce((SELECT sum(sla_daemon.business_seconds(p_calendar, p.started_at,",
         ("tests/test_pauses_levels.py",),
     ),
-    Mutant(
-        "level-once",
-        "each escalation level fires once per cycle",
-        M7,
-        "CREATE UNIQUE INDEX events_level_once",
-        "CREATE INDEX events_level_once",
-        ("tests/test_pauses_levels.py",),
-    ),
     # --- outbox: claims -------------------------------------------------------------
     Mutant(
         "skip-locked",
