@@ -4,7 +4,7 @@ arrives while its row is still 'sending' still gets its one retry with the templ
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -133,15 +133,27 @@ async def sent_rows(conn: asyncpg.Connection, tid: UUID, count: int, age: str = 
         )
 
 
-async def reconciler(pool: asyncpg.Pool, fake: FakeTwilio, **settings: Any) -> Reconciler:
-    s = daemon_settings("postgresql://unused@localhost/x", fake, **settings)
-    notifications = NotificationService(s, CATALOG)
-    await notifications.start()
-    return Reconciler(pool, notifications, s, Metrics())
+@pytest.fixture
+async def reconcilers(
+    pool: asyncpg.Pool, fake: FakeTwilio
+) -> AsyncIterator[Callable[..., Awaitable[Reconciler]]]:
+    """Reconcilers on the real twilio client against the fake; closed after the test."""
+    opened: list[NotificationService] = []
+
+    async def make(**settings: Any) -> Reconciler:
+        s = daemon_settings("postgresql://unused@localhost/x", fake, **settings)
+        notifications = NotificationService(s, CATALOG)
+        await notifications.start()
+        opened.append(notifications)
+        return Reconciler(pool, notifications, s, Metrics())
+
+    yield make
+    for notifications in opened:
+        await notifications.close()
 
 
 async def test_a_message_already_final_or_too_recent_is_not_looked_up(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, fake: FakeTwilio
+    conn: asyncpg.Connection, fake: FakeTwilio, reconcilers: Callable[..., Awaitable[Reconciler]]
 ) -> None:
     tid = await ticket(conn)
     await sent_rows(conn, tid, 4)
@@ -151,19 +163,19 @@ async def test_a_message_already_final_or_too_recent_is_not_looked_up(
             "SELECT * FROM sla_daemon.record_delivery($1, $2, NULL, NULL, NULL)", sid, status
         )
     fake.statuses.update({f"SM{n}": ("delivered", None) for n in range(1, 5)})
-    r = await reconciler(pool, fake, reconcile_after_seconds=3600)
+    r = await reconcilers(reconcile_after_seconds=3600)
     assert await r.run_once() == 1
     assert fake.lookups == ["SM3"]  # SM1, SM2 final; SM4 sent just now
     assert await delivery(conn, "SM3") == "delivered"
 
 
 async def test_lookups_per_pass_are_bounded_and_unknowns_asked_again_only_after_the_bound(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, fake: FakeTwilio
+    conn: asyncpg.Connection, fake: FakeTwilio, reconcilers: Callable[..., Awaitable[Reconciler]]
 ) -> None:
     tid = await ticket(conn)
     await sent_rows(conn, tid, 5)
     fake.statuses.update({f"SM{n}": ("sent", None) for n in range(1, 5)})  # SM5: 404
-    r = await reconciler(pool, fake, reconcile_after_seconds=3600, reconcile_batch_size=2)
+    r = await reconcilers(reconcile_after_seconds=3600, reconcile_batch_size=2)
     assert [await r.run_once() for _ in range(4)] == [2, 2, 1, 0]
     assert sorted(fake.lookups) == ["SM1", "SM2", "SM3", "SM4", "SM5"]  # each once
     states = dict(await conn.fetch("SELECT message_sid, status FROM sla_daemon.deliveries"))
@@ -177,10 +189,15 @@ async def test_lookups_per_pass_are_bounded_and_unknowns_asked_again_only_after_
 
 
 async def test_old_messages_are_left_alone(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, fake: FakeTwilio
+    conn: asyncpg.Connection, fake: FakeTwilio, reconcilers: Callable[..., Awaitable[Reconciler]]
 ) -> None:
     tid = await ticket(conn)
     await sent_rows(conn, tid, 1, age="8 days")
     fake.statuses["SM1"] = ("delivered", None)
-    r = await reconciler(pool, fake, reconcile_after_seconds=3600)
+    r = await reconcilers(reconcile_after_seconds=3600)
     assert await r.run_once() == 0 and fake.lookups == []
+    # nor, with a shorter outbox retention, any sent longer ago than it
+    await conn.execute("UPDATE sla_daemon.outbox SET finished_at = now() - interval '3 days'")
+    short = await reconcilers(reconcile_after_seconds=3600, outbox_retention_days=2)
+    assert await short.run_once() == 0 and fake.lookups == []
+    assert await r.run_once() == 1 and fake.lookups == ["SM1"]

@@ -97,6 +97,33 @@ def test_the_phrases_are_configurable_per_language() -> None:
     assert load_settings().not_fixed_action == "record"  # the default (README says why)
 
 
+def test_the_readme_lists_the_default_phrases() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for language, phrases in DEFAULTS.items():
+        assert f"| {language} | {', '.join(phrases)} |" in readme, language
+
+
+async def test_a_ticket_no_longer_resolved_is_not_reopened(conn: asyncpg.Connection) -> None:
+    # A "not fixed" reply to the resolved message of a ticket closed since: recorded.
+    tid = await ticket(conn)
+    await change(conn, tid, "closed")
+    await conn.execute(
+        "INSERT INTO sla_daemon.outbox (id, ticket_id, new_status, state, message_sid)"
+        " VALUES (1, $1, 'resolved', 'sent', 'SMr')",
+        tid,
+    )
+    await conn.fetchrow(
+        "SELECT * FROM sla_daemon.record_delivery('SMr', 'read', NULL, 1, '+27821234567')"
+    )
+    row = await conn.fetchrow(
+        "SELECT * FROM sla_daemon.record_reply('SMq', '+27821234567', 'not fixed', true, true)"
+    )
+    assert row is not None and tuple(row.values()) == (True, tid, "not_fixed")
+    assert await status(conn, tid) == "closed"
+
+
 # --- what a reply does -----------------------------------------------------------------------
 
 
