@@ -53,6 +53,14 @@ DEFAULT_OPT_OUT = (
 )  # fmt: skip
 #: Twilio's default opt-in words, with isiZulu (QALA: start) and Afrikaans (BEGIN).
 DEFAULT_OPT_IN = ("START", "UNSTOP", "YES", "QALA", "BEGIN")
+#: Phrases that, in a reply to the "resolved" message, say the problem is not fixed.
+#: The isiZulu and Afrikaans ones await a native speaker's check (README, "Replies").
+DEFAULT_NOT_FIXED = {
+    "en": ["not fixed", "still broken", "not resolved", "still not working", "not working",
+           "nothing was done", "still leaking"],
+    "zu": ["akulungisiwe", "akukalungiswa", "kusaphukile", "akusebenzi", "akukasebenzi"],
+    "af": ["nie reggemaak nie", "nog stukkend", "werk nog nie", "werk nie", "nie opgelos nie"],
+}  # fmt: skip
 
 
 class SettingsError(Exception):
@@ -108,6 +116,22 @@ class Settings(BaseSettings):
     opt_in_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_IN))
     #: Sensitive (GBV) tickets: "none" sends nothing; "neutral" a text with no detail.
     sensitive_messages: Literal["none", "neutral"] = "none"
+    #: Phrases per language (any case, whole words) that, in a reply to the "resolved"
+    #: message, say the problem is not fixed; every language's are matched.
+    not_fixed_keywords: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_NOT_FIXED.items()}
+    )
+    #: Such a reply: "record" (for staff to decide) or "reopen" (the ticket goes back to
+    #: open). Recording is the default: a keyword match on free text can be wrong, and a
+    #: reopen texts the citizen, restarts the SLA clock and can escalate a team's work.
+    not_fixed_action: Literal["record", "reopen"] = "record"
+    #: Reconciliation: a sent message with no final delivery state this long after it
+    #: was sent is looked up through Twilio's API (0: never; only with webhooks on).
+    reconcile_after_seconds: float = Field(default=3600.0, ge=0)
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    #: Lookups per pass at most, and per second at most.
+    reconcile_batch_size: int = Field(default=100, ge=1, le=10_000)
+    reconcile_rate_per_second: float = Field(default=2.0, gt=0, le=100)
 
     # --- sending ------------------------------------------------------------------
     send_concurrency: int = Field(default=32, ge=1, le=1000)
@@ -238,6 +262,18 @@ class Settings(BaseSettings):
         if any(len(w.split()) != 1 for w in words):
             raise ValueError("keywords are single words")
         return words
+
+    @field_validator("not_fixed_keywords")
+    @classmethod
+    def _phrases(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Lower case, single spaces; an empty phrase would match every reply."""
+        phrases = {
+            lang.strip().lower(): [" ".join(p.lower().split()) for p in words]
+            for lang, words in value.items()
+        }
+        if any(not p for words in phrases.values() for p in words):
+            raise ValueError("a phrase is empty")
+        return phrases
 
     @field_validator("webhook_address", "metrics_address")
     @classmethod

@@ -27,6 +27,7 @@ from .messages import MessageCatalog
 from .metrics import Metrics, MetricsServer
 from .notifications import NotificationService
 from .outbox import OutboxProcessor
+from .reconcile import Reconciler
 from .sla import SLAService
 from .templates import template_keys
 from .timer import SLATimer
@@ -198,6 +199,9 @@ class Daemon:
             )
             tg.create_task(self._resilient("timer", lambda: timer.run(timer_wake, self.stopping)))
             tg.create_task(self._watch(pool))
+            if s.webhooks_on and not s.effective_dry_run and s.reconcile_after_seconds > 0:
+                reconciler = Reconciler(pool, notifications, s, self.metrics)  # issue 13
+                tg.create_task(self._resilient("reconcile", lambda: reconciler.run(self.stopping)))
             if s.outbox_retention_days > 0 or s.event_retention_days > 0:
                 tg.create_task(self._resilient("housekeeping", lambda: self._purge(pool)))
             self.ready.set()
@@ -323,10 +327,14 @@ class Daemon:
             await pool.expire_connections()
 
     async def _purge(self, pool: asyncpg.Pool) -> None:
-        """Delete finished outbox rows and old events past retention, hourly, in batches."""
+        """Delete finished outbox rows, old events, delivery states and citizens' messages
+        past retention, hourly, in batches."""
         s = self.settings
         retention = {"purge_outbox": s.outbox_retention_days}
         retention["purge_events"] = s.event_retention_days
+        # issue 13: delivery states go with the messages, citizens' messages with events
+        retention["purge_deliveries"] = s.outbox_retention_days
+        retention["purge_inbound"] = s.event_retention_days
         while not self.stopping.is_set():
             for query, days in retention.items():
                 total = 0

@@ -8,7 +8,10 @@ in this process (always in dry run: nothing is sent, the numbers are made up), h
 "staff" change ticket statuses from a separate connection, and prints what happens as
 it happens: the WhatsApp texts each citizen would get, in their language (read back
 from the outbox as the daemon finishes each row, rendered by the message catalog,
-phones masked), the SLA warning, and the escalation when a deadline passes.
+phones masked), the SLA warning, and the escalation when a deadline passes. Its
+webhook endpoint is on (loopback): Twilio's side is played by signed requests into it
+(``sla_daemon.demo_twilio``), so each message shows its delivered and read ticks,
+and one citizen's STOP keeps the next message from being sent.
 
 It then stops the daemon, stops the server by its PID and removes the temporary
 folder. Ctrl-C (or SIGTERM) at any moment does the same cleanup and exits 130 (143).
@@ -43,15 +46,17 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import click
+from pydantic import SecretStr
 
 from . import db
 from .calendars import set_hours
 from .check import DatabaseUnavailable, connect, describe_target
 from .config import Settings
 from .daemon import Daemon
+from .demo_twilio import ACCOUNT_SID, DEMO_PUBLIC_URL, SimulatedTwilio, new_sid
 from .embedded import kill_pid, postmaster_pid, process_alive
 from .messages import MessageCatalog
-from .phones import InvalidPhoneError, mask_phone, normalize_phone
+from .phones import InvalidPhoneError, mask_phone, normalize_phone, whatsapp_address
 
 __all__ = ["DemoError", "run_demo"]
 
@@ -109,6 +114,11 @@ STAFF_SCRIPT = (
     (0.45, 1, "closed"),
 )
 ESCALATING_TICKET = 4
+#: What each citizen writes first (on WhatsApp, opening its 24-hour window).
+GREETINGS = ("Hello", "Sawubona", "Goeie dag")
+#: The citizen who sends STOP once their "resolved" message is read, and whose ticket
+#: staff then close: that "closed" message is not sent.
+STOPPING_TICKET = 3
 
 
 class Printer:
@@ -151,6 +161,12 @@ class Seen:
     levels: int = 0
     escalation_notice: bool = False
     unfinished: int = 0
+    #: issue 13: per message SID, the tick shown (delivered, read); rows not sent
+    ticks: dict[str, str] = field(default_factory=dict)
+    read: set[tuple[str, str]] = field(default_factory=set)  # (tracking, status)
+    read_more: asyncio.Event = field(default_factory=asyncio.Event)
+    not_sent: int = 0
+    stops: int = 0
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -301,6 +317,9 @@ async def _demo_body(
     seeded: Seeded | None = None
     staff: asyncpg.Connection | None = None
     script: asyncio.Task[None] | None = None
+    stop: asyncio.Task[None] | None = None
+    ticks: set[asyncio.Task[None]] = set()
+    twilio: SimulatedTwilio | None = None
     try:
         if shared:  # before migrating: a platform database is not the demo's to change
             await _refuse_shared(admin)
@@ -320,10 +339,14 @@ async def _demo_body(
             "a team with a manager",
             "cyan",
         )
-        daemon = Daemon(_daemon_settings(settings, dsn, seconds, prefix))
+        token = secrets.token_hex(16)
+        daemon = Daemon(_daemon_settings(settings, dsn, seconds, prefix, token))
         daemon_task = asyncio.create_task(daemon.run(handle_signals=False))
         await _until_ready(daemon, daemon_task)
         out("daemon", "running in this process (dry run: texts are shown, not sent)", "cyan")
+        assert daemon.webhook_server is not None and daemon.webhook_server.port is not None
+        twilio = SimulatedTwilio(daemon.webhook_server.port, token)
+        await twilio.start()
         staff = await connect(dsn, application_name="demo-staff")
         seen = Seen()
         db_zero: datetime = await admin.fetchval("SELECT clock_timestamp()")
@@ -333,17 +356,22 @@ async def _demo_body(
             """A database timestamp as seconds since the demo started."""
             return zero + (moment - db_zero).total_seconds()
 
+        await _greet(twilio, out)
         await _report_tickets(staff, seeded, out)
         await _business_hours_ticket(staff, seeded, out)
         script = asyncio.create_task(_staff_script(staff, seeded, seconds, out))
+        stop = asyncio.create_task(_stop_and_close(twilio, staff, seeded, seen, out))
         deadline = time.monotonic() + seconds * 1.2 + 20
         while True:
-            await _watch_once(admin, seeded, catalog, seen, out, at)
+            for row_id, to in await _watch_once(admin, seeded, catalog, seen, out, at):
+                ticks.add(asyncio.create_task(_ticks(twilio, row_id, to)))
             if daemon_task.done():
                 script.cancel()
                 error = None if daemon_task.cancelled() else daemon_task.exception()
                 raise DemoError(f"the daemon stopped unexpectedly: {error!r}")
-            if script.done() and seen.escalation_notice and seen.levels and not seen.unfinished:
+            finished = script.done() and stop.done() and all(t.done() for t in ticks)
+            if finished and seen.escalation_notice and seen.levels and not seen.unfinished:
+                await _watch_once(admin, seeded, catalog, seen, out, at)  # the last ticks
                 break
             if time.monotonic() > deadline:
                 script.cancel()
@@ -355,11 +383,16 @@ async def _demo_body(
                 )
             await asyncio.sleep(0.1)
         await script  # re-raises a failed staff update
+        await stop
+        await asyncio.gather(*ticks)
         by_language = ", ".join(f"{lang} {n}" for lang, n in sorted(seen.messages.items()))
         out(
             "summary",
             f"{sum(seen.messages.values())} WhatsApp messages ({by_language}), "
-            f"{seen.warnings} warning, {seen.escalations} escalation (then level 2)",
+            f"{seen.warnings} warning, {seen.escalations} escalation (then level 2); "
+            f"{sum(1 for t in seen.ticks.values() if t in ('delivered', 'read'))} delivered,"
+            f" {sum(1 for t in seen.ticks.values() if t == 'read')} read; {seen.stops} STOP,"
+            f" {seen.not_sent} message not sent",
             "green",
             bold=True,
         )
@@ -370,6 +403,8 @@ async def _demo_body(
                 ("an escalation", seen.escalations > 0),
                 ("a second escalation level", seen.levels > 0),
                 ("all three languages", len(seen.messages) >= 3),
+                ("a read message", "read" in seen.ticks.values()),
+                ("a message not sent after STOP", seen.not_sent > 0),
             )
             if not ok
         ]
@@ -378,9 +413,12 @@ async def _demo_body(
         return 0
     finally:
         cleaning.set()
-        if script is not None:
-            script.cancel()
-            await asyncio.gather(script, return_exceptions=True)
+        background = [t for t in (script, stop, *ticks) if t is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if twilio is not None:
+            await twilio.close()
         await _shutdown(out, admin, staff, daemon, daemon_task, seeded if shared else None)
 
 
@@ -425,12 +463,19 @@ async def _shutdown(
         await admin.close(timeout=5)
 
 
-def _daemon_settings(settings: Settings, dsn: str, seconds: float, prefix: str) -> Settings:
-    """The operator's settings, but: this database, dry run, quick loops, no metrics port."""
+def _daemon_settings(
+    settings: Settings, dsn: str, seconds: float, prefix: str, token: str
+) -> Settings:
+    """The operator's settings, but: this database, dry run, quick loops, no metrics port,
+    and the webhook endpoint on loopback, checking signatures with the demo's own token."""
     return settings.model_copy(
         update={
             "database_url": dsn,
             "dry_run": True,
+            "webhook_address": "127.0.0.1:0",
+            "webhook_public_url": DEMO_PUBLIC_URL,
+            "twilio_account_sid": ACCOUNT_SID,
+            "twilio_auth_token": SecretStr(token),
             "metrics_address": "",
             "pool_min_size": 1,
             "pool_max_size": max(4, settings.pool_needed),
@@ -608,6 +653,47 @@ async def _business_hours_ticket(conn: asyncpg.Connection, seeded: Seeded, out: 
     )
 
 
+def _address(phone: str | None) -> str:
+    return whatsapp_address(normalize_phone(phone))
+
+
+async def _greet(twilio: SimulatedTwilio, out: Printer) -> None:
+    """Each citizen writes to the desk on WhatsApp first (opening their 24-hour window)."""
+    for citizen, text in zip(CITIZENS, GREETINGS, strict=True):
+        await twilio.inbound(_address(citizen.phone), text)
+        out("citizen", f'{_masked(citizen.phone)} wrote on WhatsApp: "{text}"', "magenta")
+
+
+async def _ticks(twilio: SimulatedTwilio, row_id: int, to: str) -> None:
+    """Twilio's callbacks for one message: sent, delivered, then read a moment later."""
+    sid = new_sid()
+    for status, pause in (("sent", 0.2), ("delivered", 0.6), ("read", 0.0)):
+        await twilio.status(row_id, sid, to, status)
+        await asyncio.sleep(pause)
+
+
+async def _stop_and_close(
+    twilio: SimulatedTwilio, conn: asyncpg.Connection, seeded: Seeded, seen: Seen, out: Printer
+) -> None:
+    """Once the "resolved" message of ticket 3 is read, its citizen sends STOP; then staff
+    close the ticket, and that message is not sent."""
+    tracking = seeded.tickets[STOPPING_TICKET]
+    while (tracking, "resolved") not in seen.read:  # bounded by the demo's deadline,
+        seen.read_more.clear()  # which cancels this; the watch loop fills seen.read
+        await seen.read_more.wait()
+    phone = CITIZENS[TICKETS[STOPPING_TICKET - 1][1]].phone
+    await twilio.inbound(_address(phone), "STOP")
+    seen.stops += 1
+    out("citizen", f'{_masked(phone)} wrote on WhatsApp: "STOP"', "magenta")
+    await asyncio.sleep(0.5)
+    old = await conn.fetchval(
+        "UPDATE public.tickets t SET status = 'closed' FROM public.tickets o"
+        " WHERE t.id = o.id AND t.tracking_number = $1 RETURNING o.status::text",
+        tracking,
+    )
+    out("staff", f"{tracking}: {old} -> closed", "blue")
+
+
 async def _staff_script(
     conn: asyncpg.Connection, seeded: Seeded, seconds: float, out: Printer
 ) -> None:
@@ -641,6 +727,14 @@ _OUTBOX_UNFINISHED = """
 SELECT count(*) FROM sla_daemon.outbox o JOIN public.tickets t ON t.id = o.ticket_id
 WHERE t.tracking_number LIKE $1 || '%' AND o.state IN ('pending', 'sending')
 """
+_TICKS = """
+SELECT d.message_sid, d.status, t.tracking_number, o.new_status, o.kind::text AS kind
+FROM sla_daemon.deliveries d
+JOIN sla_daemon.outbox o ON o.id = d.outbox_id
+JOIN public.tickets t ON t.id = o.ticket_id
+WHERE t.tracking_number LIKE $1 || '%' AND d.status IN ('delivered', 'read')
+ORDER BY d.updated_at
+"""
 _EVENTS = """
 SELECT e.id, e.kind, e.deadline_kind, e.deadline, e.created_at, e.details, e.level,
        t.tracking_number, t.assigned_to, t.created_at AS ticket_created_at
@@ -658,8 +752,11 @@ async def _watch_once(
     seen: Seen,
     out: Printer,
     at: Callable[[datetime], float],
-) -> None:
-    """Print the warnings, escalations and finished outbox rows not printed yet."""
+) -> list[tuple[int, str]]:
+    """Print the warnings, escalations, finished outbox rows and delivery ticks not
+    printed yet; return the messages newly "sent" (row id, WhatsApp address), for
+    their callbacks."""
+    sent: list[tuple[int, str]] = []
     for e in await conn.fetch(_EVENTS, seeded.prefix, seen.last_event_id):
         seen.last_event_id = e["id"]
         if e["kind"] == "warning":
@@ -712,6 +809,14 @@ async def _watch_once(
         if r["state"] == "dead":
             out("whatsapp", f"{tracking} to {to}: NOT sendable: {r['last_error']}", "red")
             continue
+        if r["state"] in ("opted_out", "withheld"):
+            seen.not_sent += 1
+            out(
+                "whatsapp",
+                f"{tracking} '{r['new_status']}' to {to}: NOT sent: {r['last_error']}",
+                "yellow",
+            )
+            continue
         if r["kind"] == "escalation":
             body = catalog.render_escalation(lang, tracking)
             seen.escalation_notice = True
@@ -720,7 +825,20 @@ async def _watch_once(
         seen.messages[catalog.names.get(lang, lang)] += 1
         label = "(dry run) " if r["state"] == "dry_run" else ""
         out("whatsapp", f"{label}to {to} [{lang}]: {body}", "green")
+        sent.append((r["id"], _address(r["phone"])))
+    for d in await conn.fetch(_TICKS, seeded.prefix):
+        if seen.ticks.get(d["message_sid"]) == d["status"]:
+            continue
+        seen.ticks[d["message_sid"]] = d["status"]
+        what = "escalation notice" if d["kind"] == "escalation" else f"'{d['new_status']}'"
+        if d["status"] == "read":
+            seen.read.add((d["tracking_number"], d["new_status"]))
+            seen.read_more.set()
+            out("ticks", f"{d['tracking_number']} {what}: read (two blue ticks)", "blue")
+        else:
+            out("ticks", f"{d['tracking_number']} {what}: delivered (two grey ticks)")
     seen.unfinished = await conn.fetchval(_OUTBOX_UNFINISHED, seeded.prefix)
+    return sent
 
 
 async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
@@ -735,6 +853,9 @@ async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
             )
         ]
         for sql in (
+            "DELETE FROM sla_daemon.delivery_events WHERE message_sid IN"
+            " (SELECT message_sid FROM sla_daemon.deliveries WHERE ticket_id = ANY ($1::uuid[]))",
+            "DELETE FROM sla_daemon.deliveries WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.outbox WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.outbox_intake WHERE ticket_id = ANY ($1::uuid[])",
             "DELETE FROM sla_daemon.deadlines WHERE ticket_id = ANY ($1::uuid[])",
@@ -754,6 +875,11 @@ async def _delete_demo_rows(conn: asyncpg.Connection, seeded: Seeded) -> str:
         ):
             await conn.execute(sql, seeded.municipality_id)
         await conn.execute("DELETE FROM sla_daemon.calendars WHERE name = $1", seeded.calendar)
+        phones = [normalize_phone(c.phone) for c in CITIZENS]  # what they wrote, STOP
+        await conn.execute(
+            "DELETE FROM sla_daemon.inbound_messages WHERE phone = ANY ($1::text[])", phones
+        )
+        await conn.execute("DELETE FROM sla_daemon.contacts WHERE phone = ANY ($1::text[])", phones)
         await conn.execute("DELETE FROM public.teams WHERE id = $1", seeded.team_id)
         await conn.execute("DELETE FROM public.users WHERE id = ANY ($1::uuid[])", users)
         await conn.execute(

@@ -149,6 +149,21 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.replies = Counter(
+            "sla_daemon_replies",
+            "Citizens' replies, by what they did (reopened: a 'not fixed' reply reopened"
+            " the ticket; not_fixed: recorded for staff; linked: recorded against the"
+            " citizen's ticket; unknown: from a number never messaged)",
+            ["action"],
+            registry=r,
+        )
+        self.reconcile_lookups = Counter(
+            "sla_daemon_reconcile_lookups",
+            "Messages looked up through Twilio's API for want of a final delivery state,"
+            " by outcome (changed: the state moved; unchanged; not_found; error)",
+            ["outcome"],
+            registry=r,
+        )
         self.twilio_paused = Gauge(
             "sla_daemon_twilio_paused",
             "1 while sending is paused because Twilio refused the credentials (401/403,"

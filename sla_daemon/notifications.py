@@ -310,6 +310,22 @@ class NotificationService:
             phone, body, f"neutral:{lang}", lang, tracking_number, "", guard, options
         )
 
+    # --- issue 13: reconciliation -------------------------------------------------------
+    async def fetch_message(self, sid: str) -> tuple[str | None, int | None, str | None]:
+        """Twilio's status, error code and 'to' for one message; (None, None, None) when
+        Twilio does not know it (404). Twilio's and the network's errors are raised."""
+        if self._client is None:
+            raise RuntimeError("NotificationService.start() was not called")
+        try:
+            async with asyncio.timeout(self._settings.send_timeout_seconds):
+                message = await self._client.messages(sid).fetch_async()
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                return None, None, None
+            raise
+        status = str(message.status) if message.status is not None else None
+        return status, _int_or_none(message.error_code), message.to
+
     async def _send(
         self,
         phone: str | None,

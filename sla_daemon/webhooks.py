@@ -10,9 +10,10 @@ signed, too large or malformed is answered 403/413/400, counted, and changes not
 - ``POST /twilio/status?outbox=<id>``: a message's status; stored once per
   (MessageSid, status), moving the message's state only forward
   (``sla_daemon.record_delivery``).
-- ``POST /twilio/inbound``: a citizen wrote. STOP/START keywords, the 24-hour window,
-  replies recorded (``sla_daemon.record_inbound``). Answered with empty TwiML, so
-  Twilio sends no reply of its own.
+- ``POST /twilio/inbound``: a citizen wrote. STOP/START keywords, the 24-hour window
+  (``sla_daemon.record_inbound``); replies linked to the citizen's ticket, "not
+  fixed" reopening it or recorded for staff (``sla_daemon.record_reply``). Answered
+  with empty TwiML, so Twilio sends no reply of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .conversation import INBOUND_PATH, STATUS_PATH, classify_inbound, plain_e16
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .phones import mask_phone
+from .replies import says_not_fixed
 
 __all__ = ["WebhookServer"]
 
@@ -185,12 +187,30 @@ class WebhookServer:
         body = params.get("Body") or ""
         s = self._settings
         kind = classify_inbound(body, s.opt_out_keywords, s.opt_in_keywords)
+        if kind == "reply":
+            return await self._record_reply(sid, phone, body)
         recorded = await self._pool.fetchval(QUERIES["record_inbound"], sid, phone, kind, body)
         if not recorded:
             return "replayed"
         self._metrics.inbound.labels(kind).inc()
-        if kind != "reply":
-            log.info("%s from %s", kind.upper(), mask_phone(phone))
+        log.info("%s from %s", kind.upper(), mask_phone(phone))
+        return "accepted"
+
+    async def _record_reply(self, sid: str, phone: str, body: str) -> str:
+        """A reply: linked to the citizen's ticket; "not fixed" reopens it or is recorded."""
+        s = self._settings
+        not_fixed = says_not_fixed(body, s.not_fixed_keywords)
+        row = await self._pool.fetchrow(
+            QUERIES["record_reply"], sid, phone, body, not_fixed, s.not_fixed_action == "reopen"
+        )
+        assert row is not None
+        if not row["recorded"]:
+            return "replayed"
+        self._metrics.inbound.labels("reply").inc()
+        action = row["reply_action"] or "linked"
+        self._metrics.replies.labels(action).inc()
+        if row["reply_action"] in ("reopened", "not_fixed"):
+            log.info("reply from %s: not fixed, %s", mask_phone(phone), row["reply_action"])
         return "accepted"
 
 

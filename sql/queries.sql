@@ -100,12 +100,13 @@ WHERE state IN ('pending', 'sending', 'dead');
 SELECT 1;
 
 -- name: purge_outbox
--- Finished rows past retention, a batch at a time (dead rows stay until handled). Each
+-- Finished rows past retention (sent, superseded, dry run, and those that ended unsent
+-- by design: opted out, withheld), a batch at a time (dead rows stay until handled). Each
 -- ticket's newest row stays, so "is this the ticket's newest status" (claims,
 -- retry-dead) never looks past a purged row.
 WITH old AS (
     SELECT o.id FROM sla_daemon.outbox o
-    WHERE o.state IN ('sent', 'superseded', 'dry_run')
+    WHERE o.state IN ('sent', 'superseded', 'dry_run', 'opted_out', 'withheld')
       AND o.finished_at < now() - $1::float8 * interval '1 day'
       AND EXISTS (SELECT 1 FROM sla_daemon.outbox n WHERE n.ticket_id = o.ticket_id AND n.id > o.id)
     LIMIT $2
@@ -237,6 +238,41 @@ FROM sla_daemon.record_delivery($1::text, $2::text, $3::integer, $4::bigint, $5:
 
 -- name: record_inbound
 SELECT sla_daemon.record_inbound($1::text, $2::text, $3::text, $4::text) AS recorded;
+
+-- name: record_reply
+-- Issue 13: a reply; "not fixed" ($4) reopens the ticket with $5, else is recorded.
+SELECT recorded, reply_ticket, reply_action
+FROM sla_daemon.record_reply($1::text, $2::text, $3::text, $4::boolean, $5::boolean);
+
+-- name: reconcile_candidates
+-- Issue 13: sent messages with no final delivery state ($1 seconds after they were
+-- sent, and not looked up in the last $1 seconds), sent less than $2 seconds ago,
+-- oldest first, at most $3.
+SELECT o.id, o.message_sid
+FROM sla_daemon.outbox o
+LEFT JOIN sla_daemon.deliveries d ON d.message_sid = o.message_sid
+WHERE o.state = 'sent' AND o.message_sid IS NOT NULL
+  AND o.finished_at < now() - $1::float8 * interval '1 second'
+  AND o.finished_at > now() - $2::float8 * interval '1 second'
+  AND (d.message_sid IS NULL
+       OR (sla_daemon.delivery_rank(d.status) < 3
+           AND (d.checked_at IS NULL OR d.checked_at < now() - $1::float8 * interval '1 second')))
+ORDER BY o.finished_at, o.id
+LIMIT $3::integer;
+
+-- name: record_lookup
+SELECT changed, language, requeued
+FROM sla_daemon.record_lookup($1::text, $2::text, $3::integer, $4::bigint, $5::text);
+
+-- name: purge_deliveries
+-- Issue 13: delivery states and callbacks past the outbox retention (each number's
+-- newest stays), through a function of the schema's owner.
+SELECT sla_daemon.purge_deliveries($1::float8, $2::integer) AS deleted;
+
+-- name: purge_inbound
+-- Issue 13: citizens' messages past the event retention, and numbers with nothing
+-- left to remember (opt-outs stay), through a function of the schema's owner.
+SELECT sla_daemon.purge_inbound($1::float8, $2::integer) AS deleted;
 
 -- name: report_deliveries
 -- Issue 13: what Twilio's callbacks said about messages first reported in the period,

@@ -1,7 +1,8 @@
 """A fake Twilio Messages API on 127.0.0.1, served in the tests' own process.
 
 It answers ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` the way Twilio does
-(201 with the Message JSON, or Twilio's error JSON), checks Basic auth, and can be
+(201 with the Message JSON, or Twilio's error JSON), and ``GET .../Messages/{Sid}.json``
+with a message's status (``statuses``, for reconciliation), checks Basic auth, and can be
 scripted to fail or stall the next requests, to refuse every request until told
 otherwise (a revoked token), to send ``Retry-After``, and to answer a share of the
 requests slowly. Every POST is also recorded on arrival (``arrivals``), with whether
@@ -205,6 +206,14 @@ class FakeTwilio:
         self.enforce_window = False
         self.window: set[str] = set()
         self.window_failure_delay = 0.3
+        #: The 63016 callback is sent (and answered) before the POST is answered: it
+        #: reaches the daemon while the row is still 'sending'.
+        self.window_failure_before_answer = False
+        #: What ``GET .../Messages/{sid}.json`` answers (reconciliation): the status and
+        #: error code per SID; a message sent here and not listed is 'sent'; any other
+        #: SID is 404. Every lookup's SID is recorded in ``lookups``.
+        self.statuses: dict[str, tuple[str, int | None]] = {}
+        self.lookups: list[str] = []
         #: Content API: templates created, and WhatsApp approval requests.
         self.contents: list[dict[str, object]] = []
         self.approvals: list[tuple[str, dict[str, object]]] = []
@@ -221,6 +230,9 @@ class FakeTwilio:
         app = web.Application()
         app.router.add_post(
             "/2010-04-01/Accounts/{account_sid}/Messages.json", self._create_message
+        )
+        app.router.add_get(
+            "/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json", self._fetch_message
         )
         app.router.add_post("/v1/Content", self._create_content)
         app.router.add_post("/v1/Content/{sid}/ApprovalRequests/whatsapp", self._request_approval)
@@ -379,6 +391,27 @@ class FakeTwilio:
         }
         return await self.signed_post(url, params)
 
+    # --- looking a message up (reconciliation) ----------------------------------------
+
+    async def _fetch_message(self, request: web.Request) -> web.Response:
+        account_sid, sid = request.match_info["account_sid"], request.match_info["sid"]
+        if request.headers.get("Authorization") != self._expected_auth:
+            return await self._error(request, account_sid, Planned(401, 20003, "Authenticate"))
+        self.lookups.append(sid)
+        sent = next((m for m in self.messages if m.sid == sid), None)
+        if sid not in self.statuses and sent is None:
+            return await self._error(
+                request, account_sid, Planned(404, 20404, f"Message {sid} was not found")
+            )
+        status, code = self.statuses.get(sid, ("sent", None))
+        to = sent.to if sent else "whatsapp:+27821234567"
+        from_ = sent.from_ if sent else "whatsapp:+14155238886"
+        payload = message_resource(
+            account_sid, sid, from_, to, (sent.body or "") if sent else "", self._date(time.time())
+        )
+        payload.update(status=status, error_code=code)
+        return web.json_response(payload)
+
     # --- the Content API -------------------------------------------------------------
 
     async def _create_content(self, request: web.Request) -> web.Response:
@@ -457,7 +490,10 @@ class FakeTwilio:
         message = self.messages[-1]
         if self.enforce_window and message.body is not None and to not in self.window:
             # WhatsApp accepts the request, then fails free-form text outside the window.
-            self._background.add(asyncio.create_task(self._window_failure(message)))
+            if self.window_failure_before_answer:
+                await self.callback(message, "failed", error_code=63016)
+            else:
+                self._background.add(asyncio.create_task(self._window_failure(message)))
         if self._waiters:
             self._wake()
         date = self._date(now)

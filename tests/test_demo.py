@@ -134,6 +134,14 @@ async def test_demo_shows_messages_in_three_languages_and_an_escalation_then_cle
     assert re.search(
         rf"ticket\s+{prefix}5 \(billing\) on office hours .* skipping .*Demo municipal day", out
     ), out
+    # Issue 13: Twilio's signed callbacks into the real endpoint show the ticks; one
+    # citizen's STOP keeps the next message to them from being sent.
+    assert re.search(rf"ticks\s+{prefix}1 'resolved': delivered", out), out
+    assert re.search(rf"ticks\s+{prefix}1 'resolved': read", out), out
+    assert '+27*****0003 wrote on WhatsApp: "STOP"' in out
+    assert re.search(rf"{prefix}3 'closed' to \+27\*+0003: NOT sent: the number opted out", out)
+    assert "8 delivered, 8 read; 1 STOP, 1 message not sent" in out
+    assert CATALOG.render_status("closed", "af", f"{prefix}3") not in out
     # Phones are masked; the output is plain text when not a terminal.
     assert "+27*****0002" in out
     assert "082 000" not in out and "27820000" not in out
@@ -179,6 +187,10 @@ _DEMO_TABLES = (
     "sla_daemon.outbox",
     "sla_daemon.events",
     "sla_daemon.warnings",
+    "sla_daemon.deliveries",
+    "sla_daemon.delivery_events",
+    "sla_daemon.inbound_messages",
+    "sla_daemon.contacts",
 )
 
 

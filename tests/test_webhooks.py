@@ -260,10 +260,14 @@ async def test_outside_the_window_without_a_template_the_row_dies_saying_so(
     assert "24-hour" in error and "no approved template for in_progress:en" in error
 
 
+@pytest.mark.parametrize("early", [False, True], ids=["after", "while_sending"])
 async def test_a_63016_anyway_is_sent_once_more_with_the_template(
-    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio
+    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio, early: bool
 ) -> None:
     fake.enforce_window = True
+    # early: the 63016 callback arrives before the send's outcome is written, while the
+    # row is still 'sending' (migration 0013's trigger acts when 'sent' is written).
+    fake.window_failure_before_answer = early
     tid = await ticket(conn, language="zu")
     async with running(hooked(dsn, fake)) as daemon:
         # The database thinks the window is open; WhatsApp disagrees (63016).
