@@ -374,6 +374,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if False:",
         ("tests/test_webhooks.py",),
     ),
+    Mutant(
+        "early-63016",
+        "a 63016 that came while its row was still sending still gets one template retry",
+        "sql/migrations/0013_replies.sql",
+        "    IF NOT EXISTS (SELECT 1 FROM sla_daemon.delivery_events e\n"
+        "                   WHERE e.message_sid = NEW.message_sid AND e.error_code = 63016) THEN",
+        "    IF true THEN",
+        ("tests/test_webhooks.py", "tests/test_reconcile.py"),
+    ),
+    Mutant(
+        "reconcile-unfinal-only",
+        "reconciliation looks up only messages with no final state",
+        "sql/queries.sql",
+        "       OR (sla_daemon.delivery_rank(d.status) < 3\n",
+        "       OR (true\n",
+        ("tests/test_reconcile.py",),
+    ),
+    Mutant(
+        "not-fixed-records",
+        "a 'not fixed' reply only reopens the ticket when the setting says so (default: record)",
+        "sql/migrations/0013_replies.sql",
+        "        IF p_reopen THEN\n            UPDATE public.tickets t SET status = 'open'",
+        "        IF true THEN\n            UPDATE public.tickets t SET status = 'open'",
+        ("tests/test_replies.py",),
+    ),
     # --- what citizens and logs see -------------------------------------------------
     Mutant(
         "masking",
