@@ -25,6 +25,20 @@ Over the period (tickets *created* in it):
 Tickets carry no resolved_at, so "resolved within the deadline" is approximated by
 "resolved without the daemon having escalated it": a ticket resolved late while no
 daemon ran counts as met. Still-open tickets within their deadline are not measured.
+
+In business hours (issue 12, ``business_hours`` of each row; named queries
+``report_cycles`` and ``report_levels``), over SLA cycles *started* in the period (a
+reopened ticket's second cycle is counted on its own), on each ticket's calendar:
+
+- ``responses_met`` / ``responses``: first responses within the response target, over
+  cycles answered or already past the target; likewise ``resolutions_met`` /
+  ``resolutions`` for the resolution target, paused business time left out;
+- ``response_overdue_hours`` / ``resolution_overdue_hours``: business hours past the
+  targets, summed (late ones, and the running lateness of cycles still open);
+- ``breaches_by_level``: escalations in the period per level (1 at the deadline).
+
+First responses and resolutions are recorded by the outbox claim (migration 0014), so
+cycles before that migration have none; a ticket created already resolved has none.
 """
 
 from __future__ import annotations
@@ -43,7 +57,9 @@ from .db import QUERIES
 from .phones import mask_phone
 
 __all__ = [
+    "BUSINESS_HOURS_DEFINITION",
     "COMPLIANCE_DEFINITION",
+    "BusinessHours",
     "DeadCode",
     "FailingNumber",
     "LanguageDeliveries",
@@ -60,6 +76,13 @@ COMPLIANCE_DEFINITION = (
     "never escalated by the daemon, over tickets created in the period with a deadline "
     "whose outcome is known (resolved, closed, escalated or breached). Sensitive tickets "
     "are excluded; tickets have no resolved_at, so 'on time' means 'never escalated'."
+)
+
+BUSINESS_HOURS_DEFINITION = (
+    "† over SLA cycles started in the period (a reopened ticket's new cycle counts on "
+    "its own), in business hours on each ticket's calendar: resolved within the "
+    "resolution target (paused time left out) over cycles resolved or past it; business "
+    "hours past the resolution target; escalations per level."
 )
 
 _PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)?\s*$", re.IGNORECASE)
@@ -86,6 +109,39 @@ def scrub(text: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class BusinessHours:
+    """A group's SLA cycles measured in business hours, and its breaches per level."""
+
+    cycles: int = 0
+    responses: int = 0
+    responses_met: int = 0
+    resolutions: int = 0
+    resolutions_met: int = 0
+    response_overdue_hours: float = 0.0
+    resolution_overdue_hours: float = 0.0
+    breaches_by_level: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def response_compliance_pct(self) -> float | None:
+        return _pct(self.responses_met, self.responses)
+
+    @property
+    def resolution_compliance_pct(self) -> float | None:
+        return _pct(self.resolutions_met, self.resolutions)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["breaches_by_level"] = {str(level): n for level, n in self.breaches_by_level}
+        data["response_compliance_pct"] = self.response_compliance_pct
+        data["resolution_compliance_pct"] = self.resolution_compliance_pct
+        return data
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 1) if whole else None
+
+
+@dataclass(frozen=True)
 class ReportRow:
     """One municipality and category; ``category`` None is the municipality's total,
     and ``municipality_id`` None as well is the grand total."""
@@ -101,10 +157,11 @@ class ReportRow:
     created: int
     measured: int
     met: int
+    business_hours: BusinessHours = BusinessHours()
 
     @property
     def compliance_pct(self) -> float | None:
-        return round(100.0 * self.met / self.measured, 1) if self.measured else None
+        return _pct(self.met, self.measured)
 
     @property
     def is_total(self) -> bool:
@@ -114,6 +171,7 @@ class ReportRow:
         data = asdict(self)
         data["municipality_id"] = str(self.municipality_id) if self.municipality_id else None
         data["compliance_pct"] = self.compliance_pct
+        data["business_hours"] = self.business_hours.as_dict()
         return data
 
 
@@ -187,19 +245,24 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
     """The report over the ``period`` ending now, read in one consistent snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         records = await conn.fetch(QUERIES["report_tickets"], period)
+        cycles = await conn.fetch(QUERIES["report_cycles"], period)
+        levels = await conn.fetch(QUERIES["report_levels"], period)
         outbox = await conn.fetchrow(QUERIES["report_outbox"], period)
         dead = await conn.fetch(QUERIES["report_dead_by_code"])
         deliveries = await conn.fetch(QUERIES["report_deliveries"], period)
         failing = await conn.fetch(QUERIES["report_failing_numbers"], period)
     assert outbox is not None
+    business = _business_hours(cycles, levels)
     rows: list[ReportRow] = []
     total: ReportRow | None = None
     for r in records:
+        category = r["category"] if r["level"] == 0 else None
         row = ReportRow(
             municipality_id=r["tenant_id"],
             municipality=r["municipality"],
-            category=r["category"] if r["level"] == 0 else None,
+            category=category,
             **{k: r[k] for k in _COUNTS},
+            business_hours=business.get((r["level"], r["tenant_id"], category), BusinessHours()),
         )
         if r["level"] == 3:
             total = row
@@ -227,6 +290,29 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
     )
 
 
+_GroupKey = tuple[int, UUID | None, str | None]
+
+
+def _business_hours(
+    cycles: list[asyncpg.Record], levels: list[asyncpg.Record]
+) -> dict[_GroupKey, BusinessHours]:
+    """Per group (grouping level, municipality, category): cycles and breaches per level."""
+    by_level: dict[_GroupKey, list[tuple[int, int]]] = {}
+    for r in levels:
+        key = (r["level"], r["tenant_id"], r["category"])
+        by_level.setdefault(key, []).append((r["escalation_level"], r["breaches"]))
+    out: dict[_GroupKey, BusinessHours] = {}
+    fields = [f for f in BusinessHours.__dataclass_fields__ if f != "breaches_by_level"]
+    for r in cycles:
+        key = (r["level"], r["tenant_id"], r["category"])
+        out[key] = BusinessHours(
+            **{f: r[f] for f in fields}, breaches_by_level=tuple(by_level.pop(key, []))
+        )
+    for key, counted in by_level.items():  # breaches of groups with no cycle in the period
+        out[key] = BusinessHours(breaches_by_level=tuple(counted))
+    return out
+
+
 _COUNTS = (
     "open",
     "in_progress",
@@ -247,6 +333,9 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("created", "Created*"),
     ("met_of_measured", "Met/measured*"),
     ("compliance", "SLA %*"),
+    ("resolved_in_time", "In time†"),
+    ("overdue", "Overdue bh†"),
+    ("levels", "Breaches by level†"),
 )
 
 
@@ -255,6 +344,10 @@ def _cells(row: ReportRow) -> dict[str, str]:
     cells["met_of_measured"] = f"{row.met}/{row.measured}"
     pct = row.compliance_pct
     cells["compliance"] = "-" if pct is None else f"{pct:.1f}"
+    bh = row.business_hours
+    cells["resolved_in_time"] = f"{bh.resolutions_met}/{bh.resolutions}"
+    cells["overdue"] = f"{bh.resolution_overdue_hours:.1f}"
+    cells["levels"] = " ".join(f"L{lv}:{n}" for lv, n in bh.breaches_by_level) or "-"
     return cells
 
 
@@ -313,6 +406,7 @@ def format_table(report: Report, style: Any = None) -> str:
             out.append(render(line))
     out.append("")
     out.append(textwrap.fill("* over tickets created in the period. " + COMPLIANCE_DEFINITION, 88))
+    out.append(textwrap.fill(BUSINESS_HOURS_DEFINITION, 88))
     ob = report.outbox
     oldest = (
         f", oldest waiting {_duration(ob.oldest_pending_seconds)}"

@@ -184,6 +184,91 @@ LEFT JOIN public.municipalities m ON m.id = t.tenant_id
 GROUP BY GROUPING SETS ((t.tenant_id, t.category), (t.tenant_id), ())
 ORDER BY GROUPING(t.tenant_id), max(m.name), t.tenant_id, GROUPING(t.category), t.category;
 
+-- name: report_cycles
+-- Issue 12: SLA cycles started in the period ($1, an interval ending now), measured in
+-- business hours on each ticket's calendar (24/7: wall-clock hours), per municipality
+-- and category with the same grouping sets as report_tickets. First response and
+-- resolution come from sla_daemon.cycle_outcomes (recorded by claim_outbox); targets
+-- are the config's hours; the resolution clock leaves out the business time paused in
+-- the cycle, the response clock does not. A cycle ends at its resolution, else at the
+-- next cycle's start, else now.
+--   responses / resolutions: cycles whose outcome is known (answered, or past target);
+--   responses_met / resolutions_met: answered or resolved within the target;
+--   response_overdue_hours / resolution_overdue_hours: business hours past the target,
+--   summed (late answers and resolutions, and the running lateness of open ones).
+WITH since AS (
+    SELECT now() - $1::interval AS at
+), cyc AS (
+    SELECT tk.id, tk.tenant_id, lower(tk.category) AS category, tk.category AS raw_category,
+           c.cycle, c.started_at,
+           lead(c.started_at) OVER (PARTITION BY tk.id ORDER BY c.cycle) AS next_start
+    FROM public.tickets tk
+    CROSS JOIN LATERAL (SELECT 1 AS cycle, tk.created_at AS started_at
+                        UNION ALL
+                        SELECT y.cycle, y.started_at FROM sla_daemon.cycles y
+                        WHERE y.ticket_id = tk.id) c
+    WHERE tk.is_sensitive IS FALSE
+      AND (tk.created_at >= (SELECT at FROM since)
+           OR EXISTS (SELECT 1 FROM sla_daemon.cycles y
+                      WHERE y.ticket_id = tk.id AND y.started_at >= (SELECT at FROM since)))
+), clocks AS (
+    SELECT cy.tenant_id, cy.category, o.first_response_at, o.resolved_at,
+           cfg.response_hours::float8 AS response_target,
+           cfg.resolution_hours::float8 AS resolution_target,
+           sla_daemon.business_seconds(k.cal, cy.started_at,
+               coalesce(o.first_response_at, cy.next_start, now())) / 3600 AS response_hours,
+           (sla_daemon.business_seconds(k.cal, cy.started_at, e.ends_at)
+            - coalesce((SELECT sum(sla_daemon.business_seconds(
+                                   k.cal, p.started_at, least(coalesce(p.ended_at, now()), e.ends_at)))
+                        FROM sla_daemon.pauses p
+                        WHERE p.ticket_id = cy.id AND p.started_at >= cy.started_at
+                          AND p.started_at < e.ends_at), 0)) / 3600 AS resolution_hours
+    FROM cyc cy
+    LEFT JOIN sla_daemon.cycle_outcomes o ON o.ticket_id = cy.id AND o.cycle = cy.cycle
+    CROSS JOIN LATERAL sla_daemon.sla_config_for(cy.tenant_id, cy.raw_category) cfg
+    CROSS JOIN LATERAL (SELECT sla_daemon.calendar_for(cy.tenant_id, cy.raw_category) AS cal) k
+    CROSS JOIN LATERAL (SELECT coalesce(o.resolved_at, cy.next_start, now()) AS ends_at) e
+    WHERE cy.started_at >= (SELECT at FROM since)
+), judged AS (
+    SELECT c.tenant_id, c.category,
+           c.first_response_at IS NOT NULL
+               OR c.response_hours > c.response_target + 1e-6 AS response_known,
+           c.first_response_at IS NOT NULL
+               AND c.response_hours <= c.response_target + 1e-6 AS response_met,
+           c.resolved_at IS NOT NULL
+               OR c.resolution_hours > c.resolution_target + 1e-6 AS resolution_known,
+           c.resolved_at IS NOT NULL
+               AND c.resolution_hours <= c.resolution_target + 1e-6 AS resolution_met,
+           greatest(c.response_hours - c.response_target, 0) AS response_overdue,
+           greatest(c.resolution_hours - c.resolution_target, 0) AS resolution_overdue
+    FROM clocks c
+)
+SELECT GROUPING(j.tenant_id, j.category) AS level, j.tenant_id, j.category,
+       count(*) AS cycles,
+       count(*) FILTER (WHERE j.response_known) AS responses,
+       count(*) FILTER (WHERE j.response_met) AS responses_met,
+       count(*) FILTER (WHERE j.resolution_known) AS resolutions,
+       count(*) FILTER (WHERE j.resolution_met) AS resolutions_met,
+       round(coalesce(sum(j.response_overdue), 0)::numeric, 2)::float8 AS response_overdue_hours,
+       round(coalesce(sum(j.resolution_overdue), 0)::numeric, 2)::float8
+           AS resolution_overdue_hours
+FROM judged j
+GROUP BY GROUPING SETS ((j.tenant_id, j.category), (j.tenant_id), ());
+
+-- name: report_levels
+-- Issue 12: escalations in the period per level (1 at the deadline, 2.. the further
+-- levels), with the same grouping sets as report_tickets.
+SELECT GROUPING(t.tenant_id, lower(t.category)) AS level, t.tenant_id,
+       lower(t.category) AS category, coalesce(e.level, 1)::integer AS escalation_level,
+       count(*) AS breaches
+FROM sla_daemon.events e
+JOIN public.tickets t ON t.id = e.ticket_id
+WHERE e.kind = 'escalation' AND e.created_at >= now() - $1::interval
+  AND t.is_sensitive IS FALSE
+GROUP BY GROUPING SETS ((t.tenant_id, lower(t.category), coalesce(e.level, 1)),
+                        (t.tenant_id, coalesce(e.level, 1)), (coalesce(e.level, 1)))
+ORDER BY 4;
+
 -- name: report_outbox
 SELECT now() AS generated_at, now() - $1::interval AS since,
        count(*) FILTER (WHERE state IN ('pending', 'sending')) AS backlog,

@@ -25,6 +25,9 @@ Parts (``--only``):
                K of them fall due a few seconds later: time until all are escalated,
                and the EXPLAIN (ANALYZE, BUFFERS) plan of the breach query.
   writer_overhead   ``python -m benchmarks.writer_overhead`` (pgbench), embedded.
+  insert_rate  ``python -m benchmarks.insert_rate`` (pgbench), embedded: ticket INSERTs
+               on a business-hours calendar against 24/7 (target >= 0.8x, the lowest
+               ratio over the client counts).
 
 Lost = outbox rows not ending 'sent'/'superseded', or expected messages never
 received; duplicates = the same (ticket, status) received more than once. Progress
@@ -35,5 +38,6 @@ fake Twilio processes, stopped by PID), ``measure`` (CPU, waits), ``rss`` (peak
 memory), ``records`` (what the fake received, reconciled), ``bench`` (the one
 set-up every part shares: template database, a part's database, connection and
 daemon), one module per part (``latency``, ``drain``, ``live``, ``escalation``,
-``sweep``, ``overhead``), ``targets`` and ``main``.
+``sweep``, ``overhead``, ``insert_rate``; the last two run a program of their own
+through ``child``), ``targets`` and ``main``.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("latency", "backlog", "live", "escalation", "sweep", "writer_overhead")
+PARTS = ("latency", "backlog", "live", "escalation", "sweep", "writer_overhead", "insert_rate")
 FROM_NUMBER = "+14155238886"
 TEMPLATE = "bench_template"
 MUNICIPALITY = "00000000-0000-4000-8000-00000000a001"
@@ -51,6 +51,7 @@ class Sizes:
     sweep_wait_seconds: float = 100.0
     escalation_wait_seconds: float = 70.0  # beyond the daemon's 60 s safety re-check
     writer_overhead_args: tuple[str, ...] = ()
+    insert_rate_args: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -65,6 +66,7 @@ class Sizes:
             sweep_wait_seconds=40.0,
             escalation_wait_seconds=15.0,
             writer_overhead_args=("--seconds", "2", "--repeats", "1", "--tickets", "2000"),
+            insert_rate_args=("--seconds", "2", "--repeats", "1", "--clients", "1,8"),
         )
 
 

@@ -23,10 +23,18 @@ from . import __doc__ as package_doc
 from . import drain, escalation, latency, live, sweep
 from .bench import Bench
 from .common import PARTS, Sizes, log
+from .insert_rate import run_insert_rate
 from .overhead import run_writer_overhead
 from .processes import FakeTwilioProcess
 from .records import FakeClient
 from .targets import targets
+
+#: Parts that are programs of their own (each starts its own PostgreSQL): the runner
+#: and the Sizes field holding their arguments.
+CHILD_PARTS: dict[str, tuple[Callable[[Sequence[str], Path, float], dict[str, Any]], str]] = {
+    "writer_overhead": (run_writer_overhead, "writer_overhead_args"),
+    "insert_rate": (run_insert_rate, "insert_rate_args"),
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,14 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "send_rate_per_second": 100000,
             "daemon_env_overrides": args.overrides,
-            "sizes": {k: v for k, v in sizes.__dict__.items() if k != "writer_overhead_args"},
+            "sizes": {k: v for k, v in sizes.__dict__.items() if not k.endswith("_args")},
             "daemon_per_part": True,
             "loadavg_at_start": os.getloadavg(),
             "peak_rss": "VmHWM of each part's own daemon process",
         },
         "parts": {},
     }
-    db_parts = [p for p in args.parts if p != "writer_overhead"]
+    db_parts = [p for p in args.parts if p not in CHILD_PARTS]
     pg: EmbeddedPostgres | None = None
     fake = FakeTwilioProcess(workdir)
     bench: Bench | None = None
@@ -151,13 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if "writer_overhead" in args.parts:
+        for name, (run, part_args) in CHILD_PARTS.items():
+            if name not in args.parts:
+                continue
             t = time.monotonic()
-            log("--- writer_overhead")
+            log(f"--- {name}")
             budget = 300.0 if args.quick else 420.0
-            wo = run_writer_overhead(sizes.writer_overhead_args, workdir, budget)
-            wo["part_seconds"] = round(time.monotonic() - t, 1)
-            doc["parts"]["writer_overhead"] = wo
+            result = run(getattr(sizes, part_args), workdir, budget)
+            result["part_seconds"] = round(time.monotonic() - t, 1)
+            doc["parts"][name] = result
     except KeyboardInterrupt:
         log("interrupted")
         return 130

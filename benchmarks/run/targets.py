@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .insert_rate import lowest_ratio
 from .overhead import overhead_ratio_at
 
 
@@ -61,6 +62,14 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
             overhead_ratio_at(parts["writer_overhead"], 32),
             ">=",
             0.7,
+            "x",
+        )
+    if "insert_rate" in parts:
+        check(
+            "insert_rate_business_hours_vs_24_7",
+            lowest_ratio(parts["insert_rate"]),
+            ">=",
+            0.8,
             "x",
         )
     peaks: list[float] = [
