@@ -52,6 +52,8 @@ class Mutant:
 M6 = "sql/migrations/0006_boundary.sql"
 M2 = "sql/migrations/0002_sla_core.sql"
 M7 = "sql/migrations/0007_calendars.sql"
+#: claim_outbox as restated last (0014 records first response and resolution per cycle)
+M14 = "sql/migrations/0014_cycle_outcomes.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
@@ -145,7 +147,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "skip-locked",
         "a claim skips rows another transaction holds instead of waiting for them",
-        M6,
+        M14,
         "        LIMIT p_limit\n        FOR UPDATE SKIP LOCKED",
         "        LIMIT p_limit\n        FOR UPDATE",
         ("tests/test_promises.py", "tests/test_faults.py"),
@@ -153,7 +155,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "lease-in-busy",
         "a ticket's row whose lease ran out no longer blocks its newer rows",
-        M6,
+        M14,
         "                            AND s.state = 'sending' AND s.next_attempt_at > now())\n"
         "        ORDER BY o.next_attempt_at, o.id",
         "                            AND s.state = 'sending')\n"
@@ -163,7 +165,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "busy-before-limit",
         "claims skip busy tickets before LIMIT, so free due rows are always found",
-        M6,
+        M14,
         "          AND NOT EXISTS (SELECT 1 FROM sla_daemon.outbox s\n"
         "                          WHERE s.ticket_id = o.ticket_id AND s.id <> o.id\n"
         "                            AND s.state = 'sending' AND s.next_attempt_at > now())\n",
@@ -173,7 +175,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "supersede",
         "only a ticket's newest row is sent; older ones end superseded",
-        M6,
+        M14,
         "        WHERE o.id = j.id AND j.id = j.newest\n        RETURNING o.id, o.ticket_id",
         "        WHERE o.id = j.id\n        RETURNING o.id, o.ticket_id",
         (
@@ -186,7 +188,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "quarantine",
         "an intake row that cannot be sent is quarantined, and the rest flow",
-        M6,
+        M14,
         "                  i.kind IN ('status', 'escalation') AS valid",
         "                  true AS valid",
         ("tests/test_boundary.py",),
