@@ -310,9 +310,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "escalation-mark",
         "only the daemon's escalation is notified as one; a writer's SET cannot forge it",
         M7,
-        "                 WHEN EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m\n"
-        "                              WHERE m.ticket_id = NEW.id)",
-        "                 WHEN true",
+        "        IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m"
+        " WHERE m.ticket_id = NEW.id) THEN",
+        "        IF true THEN",
         ("tests/test_boundary.py",),
     ),
     Mutant(

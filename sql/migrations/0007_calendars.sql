@@ -619,19 +619,23 @@ $$;
 -- usual status change costs what it did.
 CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_kind text;
 BEGIN
     IF OLD.status IS NOT DISTINCT FROM NEW.status THEN
         RETURN NULL;
     END IF;
+    -- The setting is the cheap test, the mark (which writers cannot insert) the proof;
+    -- the mark is read in its own statement, only while the setting is on: inside the
+    -- INSERT, its subquery would be set up (relation opened and locked) on every change.
+    v_kind := 'status';
+    IF current_setting('sla_daemon.escalating', true) = 'on' THEN
+        IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m WHERE m.ticket_id = NEW.id) THEN
+            v_kind := 'escalation';
+        END IF;
+    END IF;
     INSERT INTO sla_daemon.outbox_intake (ticket_id, kind, old_status, new_status)
-    VALUES (NEW.id,
-            CASE WHEN current_setting('sla_daemon.escalating', true) IS DISTINCT FROM 'on'
-                 THEN 'status'
-                 WHEN EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m
-                              WHERE m.ticket_id = NEW.id)
-                 THEN 'escalation'
-                 ELSE 'status' END,
-            OLD.status::text, NEW.status::text);
+    VALUES (NEW.id, v_kind, OLD.status::text, NEW.status::text);
     -- Fails at once while a daemon holds the lock shared (awake): the usual case.
     IF pg_try_advisory_xact_lock(5459011, 1) THEN
         IF (SELECT w.sleeping FROM sla_daemon.wakeups w WHERE w.name = 'outbox') THEN
