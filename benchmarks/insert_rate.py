@@ -16,11 +16,7 @@ Progress goes to stderr, one JSON document to stdout (and to ``--json FILE``).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -30,21 +26,17 @@ from typing import Any
 from benchmarks.writer_overhead import (
     CONNECT_TIMEOUT,
     _client_list,
-    _terminate,
     close,
     connect,
     find_pgbench,
     log,
+    run_on_embedded,
     run_pgbench,
 )
 from sla_daemon.calendars import set_hours
 from sla_daemon.db import migrate
 from sla_daemon.embedded import (
     EmbeddedPostgres,
-    kill_pid,
-    postmaster_pid,
-    process_alive,
-    start_embedded,
 )
 
 DATABASE = "insert_rate"
@@ -142,31 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    data_dir = Path(tempfile.mkdtemp(prefix="insert-rate-pg-"))
-    pg: EmbeddedPostgres | None = None
-    try:
-        pg = start_embedded(data_dir, fast=args.fast)
-        log(f"PostgreSQL started (pid {pg.pid}, {'fast' if args.fast else 'durable'} settings)")
-        doc = asyncio.run(bench(pg, args))
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if pg is not None:
-            log(f"stopping PostgreSQL (pid {pg.pid})")
-            pg.stop()
-        elif (pid := postmaster_pid(data_dir)) is not None and process_alive(pid):
-            kill_pid(pid)
-        shutil.rmtree(data_dir, ignore_errors=True)
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return run_on_embedded("insert-rate-pg-", parse_args(argv), bench)
 
 
 if __name__ == "__main__":

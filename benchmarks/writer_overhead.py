@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -615,13 +616,19 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_on_embedded(
+    prefix: str,
+    args: Any,
+    bench: Callable[[EmbeddedPostgres, Any], Coroutine[Any, Any, dict[str, Any]]],
+    settings: dict[str, str] | None = None,
+) -> int:
+    """Start a private server, run ``bench`` on it, always stop it by PID, print the JSON.
+
+    Shared by the pgbench benchmarks (this one and ``benchmarks.insert_rate``)."""
     signal.signal(signal.SIGTERM, _terminate)
-    data_dir = Path(tempfile.mkdtemp(prefix="writer-overhead-pg-"))
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     pg: EmbeddedPostgres | None = None
     try:
-        settings = {"track_functions": "pl"} if args.track_functions else None
         pg = start_embedded(data_dir, fast=args.fast, settings=settings)
         log(f"PostgreSQL started (pid {pg.pid}, {'fast' if args.fast else 'durable'} settings)")
         doc = asyncio.run(bench(pg, args))
@@ -643,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = {"track_functions": "pl"} if args.track_functions else None
+    return run_on_embedded("writer-overhead-pg-", args, bench, settings)
 
 
 if __name__ == "__main__":
