@@ -49,9 +49,6 @@ FROM sla_daemon.escalate_tickets($1::uuid[], $2::text[]);
 -- name: escalation_failed
 SELECT sla_daemon.escalation_failed($1::uuid, $2::text) AS retry_at;
 
--- name: escalation_lock_holder
-SELECT sla_daemon.escalation_lock_holder($1::uuid);
-
 -- name: next_event_at
 SELECT sla_daemon.next_event_at(coalesce($1::timestamptz, now())) AS next_at, now() AS db_now;
 
