@@ -304,7 +304,7 @@ class NotificationService:
         options: SendOptions | None = None,
     ) -> SendResult:
         """A sensitive ticket's update: no category, no status, no detail."""
-        lang = self._catalog.normalize_language(language)
+        lang = self._language(language)
         body = self._catalog.render_neutral(lang, tracking_number)
         return await self._send(
             phone, body, f"neutral:{lang}", lang, tracking_number, "", guard, options
