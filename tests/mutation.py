@@ -54,6 +54,7 @@ M2 = "sql/migrations/0002_sla_core.sql"
 M7 = "sql/migrations/0007_calendars.sql"
 #: claim_outbox as restated last (0014 records first response and resolution per cycle)
 M14 = "sql/migrations/0014_cycle_outcomes.sql"
+M16 = "sql/migrations/0016_writer_path.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
@@ -111,10 +112,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "new-cycle",
         "a ticket that re-enters open/in_progress starts a new SLA cycle, not its old deadlines",
-        M7,
+        M16,
         "            PERFORM sla_daemon.start_cycle(NEW.id);",
         "            PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);",
         ("tests/test_sla.py", "tests/test_faults.py"),
+    ),
+    Mutant(
+        "recompute-after-update",
+        "a category change recomputes a live ticket's deadlines (after the UPDATE, no row lock)",
+        M16,
+        "        UPDATE public.tickets t\n"
+        "        SET sla_response_deadline = v_response, sla_resolution_deadline = v_resolution",
+        "        UPDATE public.tickets t\n"
+        "        SET sla_response_deadline = t.sla_response_deadline,"
+        " sla_resolution_deadline = v_resolution",
+        ("tests/test_sla.py",),
     ),
     # --- business calendars ---------------------------------------------------------
     Mutant(
@@ -277,19 +289,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "wakeup-notify",
         "a status change wakes a sleeping sender at once",
-        M7,
+        M16,
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
         "            PERFORM pg_notify('sla_daemon_outbox', '');\n        END IF;\n    END IF;\n"
-        "    IF NEW.status IN",
+        "    RETURN NULL;",
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
-        "        END IF;\n    END IF;\n    IF NEW.status IN",
+        "        END IF;\n    END IF;\n    RETURN NULL;",
         ("tests/test_wakeups.py",),
     ),
     # --- the boundary ---------------------------------------------------------------
     Mutant(
         "pinned-search-path",
         "the status trigger runs with a pinned search_path, so a writer's pg_temp type never runs",
-        M7,
+        M16,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -299,7 +311,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "writers-need-no-grant",
         "writers need no grant on the daemon's schema (the trigger runs as its owner)",
-        M7,
+        M16,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -309,7 +321,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-mark",
         "only the daemon's escalation is notified as one; a writer's SET cannot forge it",
-        M7,
+        M16,
         "        IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m"
         " WHERE m.ticket_id = NEW.id) THEN",
         "        IF true THEN",

@@ -374,3 +374,47 @@ async def test_status_updates_stay_hot(conn: asyncpg.Connection) -> None:
     )
     assert row["n_tup_upd"] >= 40
     assert row["n_tup_hot_upd"] >= 0.9 * row["n_tup_upd"], dict(row)
+
+
+async def test_no_before_update_trigger_on_tickets(conn: asyncpg.Connection) -> None:
+    # Any BEFORE UPDATE row trigger, even one limited to columns an UPDATE does not
+    # name, makes PostgreSQL lock the old row (a tuple lock and its WAL record) before
+    # every UPDATE of tickets: the daemon's deadline work on update runs after it.
+    names = await conn.fetch(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.tickets'::regclass"
+        " AND NOT tgisinternal AND tgname LIKE 'sla_daemon%'"
+        " AND tgtype::int & 1 = 1 AND tgtype::int & 2 = 2 AND tgtype::int & 16 = 16"
+    )
+    assert [r["tgname"] for r in names] == []
+
+
+async def test_reopen_with_a_new_category_starts_a_cycle_on_its_config(
+    conn: asyncpg.Connection,
+) -> None:
+    # One UPDATE that reopens a ticket and changes its category: the new cycle starts
+    # at the reopening, with the new category's durations, and is scheduled.
+    mid = await f.municipality(conn)
+    await f.sla_config(conn, mid, "water", 2, 48)
+    await f.sla_config(conn, mid, "electricity", 1, 5)
+    now = await conn.fetchval("SELECT now()")
+    tid = await f.ticket(conn, mid, "water", created_at=now - timedelta(hours=60))
+    await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", tid)
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE tickets SET status = 'open', category = 'electricity' WHERE id = $1", tid
+        )
+        reopened_at = await conn.fetchval("SELECT now()")
+        response, resolution = await f.deadlines(conn, tid)
+    assert (response, resolution) == (
+        reopened_at + timedelta(hours=1),
+        reopened_at + timedelta(hours=5),
+    )
+    due = await conn.fetch(
+        "SELECT deadline_kind, due_at FROM sla_daemon.deadlines WHERE ticket_id = $1"
+        " ORDER BY deadline_kind",
+        tid,
+    )
+    assert [(r["deadline_kind"], r["due_at"]) for r in due] == [
+        ("resolution", resolution),
+        ("response", response),
+    ]

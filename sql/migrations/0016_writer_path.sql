@@ -1,0 +1,144 @@
+-- The writers' path, cheaper (issue 10, item 7: status updates at >= 0.7x of the rate
+-- without sla-daemon at 32 clients, benchmarks/writer_overhead.py). Measured there,
+-- what a status change cost the platform's writers, beyond firing the trigger at all:
+--
+-- 1. Every simple expression a PL/pgSQL function evaluates is set up again in each
+--    transaction (its executor state lives per transaction), and a status UPDATE is
+--    usually a transaction of its own. The status trigger evaluated seven on every
+--    change; the usual change (from open or in_progress to open, in_progress, resolved
+--    or closed: no new cycle, no pause, no escalation) now takes three: unchanged?,
+--    usual?, the wake-up lock. The rare changes take the full path, as in 0007.
+-- 2. Any BEFORE UPDATE row trigger, even one limited to columns the UPDATE does not
+--    name, makes PostgreSQL lock the old row (a tuple lock and its WAL record) before
+--    every UPDATE of the table. The deadline trigger was one (BEFORE INSERT OR UPDATE
+--    OF category, tenant_id, is_sensitive); it is now BEFORE INSERT only, and the
+--    recomputation after such an UPDATE happens in an AFTER trigger, which writes the
+--    new deadlines with an UPDATE of its own (a platform UPDATE ... RETURNING therefore
+--    shows the deadlines from before it; a re-read shows the new ones).
+--
+-- Nothing else changes: every status change, however made, still has its intake row in
+-- the writer's transaction; cycles, pauses and the escalation mark work as in 0007.
+
+CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_kind text;
+BEGIN
+    IF OLD.status IS NOT DISTINCT FROM NEW.status THEN
+        RETURN NULL;
+    END IF;
+    IF OLD.status IN ('open', 'in_progress')
+       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed') THEN
+        -- the usual change: no new cycle, no pause, not an escalation
+        INSERT INTO sla_daemon.outbox_intake (ticket_id, kind, old_status, new_status)
+        VALUES (NEW.id, 'status', OLD.status::text, NEW.status::text);
+    ELSE
+        -- The setting is the cheap test, the mark (which writers cannot insert) the
+        -- proof; the mark is read in its own statement, only while the setting is on.
+        v_kind := 'status';
+        IF NEW.status = 'escalated'
+           AND current_setting('sla_daemon.escalating', true) = 'on' THEN
+            IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m WHERE m.ticket_id = NEW.id) THEN
+                v_kind := 'escalation';
+            END IF;
+        END IF;
+        INSERT INTO sla_daemon.outbox_intake (ticket_id, kind, old_status, new_status)
+        VALUES (NEW.id, v_kind, OLD.status::text, NEW.status::text);
+        IF NEW.status IN ('open', 'in_progress') AND OLD.status NOT IN ('open', 'in_progress') THEN
+            IF OLD.status NOT IN ('escalated', 'resolved', 'closed') THEN
+                -- back from a pause (or another status of the platform's): the same cycle
+                PERFORM sla_daemon.resume_clock(NEW.id);
+            ELSIF NEW.sla_response_deadline IS NOT DISTINCT FROM OLD.sla_response_deadline
+               AND NEW.sla_resolution_deadline IS NOT DISTINCT FROM OLD.sla_resolution_deadline THEN
+                PERFORM sla_daemon.start_cycle(NEW.id);
+            ELSE
+                -- deadlines set by this same UPDATE are kept (their trigger schedules them)
+                PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);
+            END IF;
+        ELSIF NEW.status NOT IN ('open', 'in_progress', 'escalated', 'resolved', 'closed')
+              OR OLD.status NOT IN ('open', 'in_progress', 'escalated', 'resolved', 'closed') THEN
+            PERFORM sla_daemon.pause_change(NEW.id, OLD.status::text, NEW.status::text);
+        END IF;
+    END IF;
+    -- Fails at once while a daemon holds the lock shared (awake): the usual case.
+    IF pg_try_advisory_xact_lock(5459011, 1) THEN
+        IF (SELECT w.sleeping FROM sla_daemon.wakeups w WHERE w.name = 'outbox') THEN
+            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';
+            PERFORM pg_notify('sla_daemon_outbox', '');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- After an UPDATE OF category, tenant_id or is_sensitive: what the BEFORE trigger of
+-- 0007 did for an update, written afterwards. Sensitive tickets lose their deadlines; a
+-- live ticket's are recomputed from its current cycle's start, pauses kept, and a
+-- deadline the same UPDATE set explicitly wins. The UPDATE below names only the
+-- deadline columns, so it does not fire this trigger again; the deadline trigger
+-- (0002) schedules what it writes.
+CREATE FUNCTION sla_daemon.tickets_update_deadlines() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    v_response timestamptz;
+    v_resolution timestamptz;
+BEGIN
+    IF NEW.is_sensitive IS NOT FALSE THEN
+        v_response := NULL;
+        v_resolution := NULL;
+    ELSIF NEW.status NOT IN ('open', 'in_progress')
+       OR (NEW.category IS NOT DISTINCT FROM OLD.category
+           AND NEW.tenant_id IS NOT DISTINCT FROM OLD.tenant_id
+           AND NEW.is_sensitive IS NOT DISTINCT FROM OLD.is_sensitive) THEN
+        RETURN NULL;
+    ELSE
+        SELECT * INTO d FROM sla_daemon.ticket_deadlines(NEW.id, NEW.tenant_id, NEW.category,
+                                                         coalesce(NEW.created_at, now()));
+        v_response := CASE WHEN NEW.sla_response_deadline
+                                IS NOT DISTINCT FROM OLD.sla_response_deadline
+                           THEN d.response_deadline ELSE NEW.sla_response_deadline END;
+        v_resolution := CASE WHEN NEW.sla_resolution_deadline
+                                  IS NOT DISTINCT FROM OLD.sla_resolution_deadline
+                             THEN d.resolution_deadline ELSE NEW.sla_resolution_deadline END;
+    END IF;
+    IF v_response IS DISTINCT FROM NEW.sla_response_deadline
+       OR v_resolution IS DISTINCT FROM NEW.sla_resolution_deadline THEN
+        UPDATE public.tickets t
+        SET sla_response_deadline = v_response, sla_resolution_deadline = v_resolution
+        WHERE t.id = NEW.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION sla_daemon.tickets_update_deadlines() FROM PUBLIC;
+
+-- BEFORE INSERT only, now: as 0007's insert branch.
+CREATE OR REPLACE FUNCTION sla_daemon.tickets_set_deadlines() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+BEGIN
+    IF NEW.is_sensitive IS NOT FALSE THEN
+        NEW.sla_response_deadline := NULL;
+        NEW.sla_resolution_deadline := NULL;
+        RETURN NEW;
+    END IF;
+    IF NEW.sla_response_deadline IS NOT NULL AND NEW.sla_resolution_deadline IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    SELECT * INTO d FROM sla_daemon.compute_deadlines(
+        NEW.tenant_id, NEW.category, coalesce(NEW.created_at, now()), false);
+    NEW.sla_response_deadline := coalesce(NEW.sla_response_deadline, d.response_deadline);
+    NEW.sla_resolution_deadline := coalesce(NEW.sla_resolution_deadline, d.resolution_deadline);
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER sla_daemon_set_deadlines ON public.tickets;
+CREATE TRIGGER sla_daemon_set_deadlines
+    BEFORE INSERT ON public.tickets
+    FOR EACH ROW EXECUTE FUNCTION sla_daemon.tickets_set_deadlines();
+CREATE TRIGGER sla_daemon_update_deadlines
+    AFTER UPDATE OF category, tenant_id, is_sensitive ON public.tickets
+    FOR EACH ROW EXECUTE FUNCTION sla_daemon.tickets_update_deadlines();
