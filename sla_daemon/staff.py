@@ -31,6 +31,7 @@ __all__ = [
     "format_deadline",
     "format_overdue",
     "is_staff",
+    "values_for",
 ]
 
 STAFF_KINDS: tuple[str, ...] = tuple(STAFF_TEXTS)
@@ -71,13 +72,33 @@ def format_deadline(at: datetime, time_zone: str | None) -> str:
 
 
 def alert_values(row: OutboxRow, now: float | None = None) -> dict[str, str]:
-    """Every placeholder a staff text may use, for this row, as of ``now`` (epoch)."""
-    deadline = row.deadline_at
-    overdue = 0.0 if deadline is None else (now or time.time()) - deadline.timestamp()
+    """Every placeholder a staff text may use, for this claimed row, as of ``now``."""
+    return values_for(
+        tracking_number=row.tracking_number,
+        category=row.category,
+        level=row.level,
+        deadline_at=row.deadline_at,
+        time_zone=row.time_zone,
+        now=now,
+    )
+
+
+def values_for(
+    *,
+    tracking_number: str | None,
+    category: str | None,
+    level: int | None,
+    deadline_at: datetime | None,
+    time_zone: str | None,
+    now: float | None = None,
+) -> dict[str, str]:
+    """Every placeholder a staff text may use, as of ``now`` (epoch seconds; default:
+    this moment): how overdue is counted from the deadline when the text is made."""
+    overdue = 0.0 if deadline_at is None else (now or time.time()) - deadline_at.timestamp()
     return {
-        "tracking_number": row.tracking_number or "",
-        "category": row.category or "-",
+        "tracking_number": tracking_number or "",
+        "category": category or "-",
         "overdue": format_overdue(overdue),
-        "level": "" if row.level is None else str(row.level),
-        "deadline": "-" if deadline is None else format_deadline(deadline, row.time_zone),
+        "level": "" if level is None else str(level),
+        "deadline": "-" if deadline_at is None else format_deadline(deadline_at, time_zone),
     }
