@@ -12,24 +12,29 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
 
-from sla_daemon.config import SettingsError, load_settings
+from sla_daemon.check import check_twilio
+from sla_daemon.config import Settings, SettingsError, load_settings
 from sla_daemon.db import QUERIES
 from sla_daemon.escalation import EscalationService
 from sla_daemon.messages import MessageCatalog
 from sla_daemon.metrics import Metrics
-from sla_daemon.report import build_report
+from sla_daemon.report import build_report, format_table
 from sla_daemon.sla import SLAService
+from sla_daemon.staff import values_for
+from sla_daemon.templates import definitions, template_keys
 from sla_daemon.timer import check_sla_breaches
 
 from . import factories as f
 from .daemon_harness import daemon_settings, running
 from .fake_twilio import FakeTwilio, ReceivedMessage
+from .test_calendars import calendar, municipality_on
 from .test_cli import cli, cli_env
 from .test_daemon import wait_until_finished
 from .test_pauses_levels import add_level
@@ -157,6 +162,7 @@ async def test_a_breach_alerts_the_team_manager_in_their_language_and_the_citize
     (alerts,) = report.staff_alerts
     assert (alerts.kind, alerts.queued, alerts.sent, alerts.dead) == ("staff_escalation", 1, 1, 0)
     assert report.as_dict()["staff_alerts"]["by_kind"][0]["sent"] == 1
+    assert "escalation 1 queued: 1 sent, 0 waiting, 0 dead" in format_table(report)
 
 
 async def test_a_second_level_alerts_its_person_and_the_citizen_hears_nothing_more(
@@ -328,6 +334,7 @@ async def test_a_manager_without_a_phone_gets_no_alert_and_the_escalation_goes_o
     report = await build_report(conn, timedelta(days=1))
     assert report.unalerted == 1
     assert report.as_dict()["staff_alerts"]["escalations_without_alert"] == 1
+    assert "1 escalations whose person could not be alerted" in format_table(report)
 
 
 async def test_no_alert_for_a_sensitive_ticket_or_a_person_who_is_not_a_user(
@@ -345,7 +352,78 @@ async def test_no_alert_for_a_sensitive_ticket_or_a_person_who_is_not_a_user(
     assert await conn.fetchval(enqueue, plain, manager) == "queued"
 
 
+async def test_a_warning_whose_team_has_no_manager_is_counted_and_logged(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    mid = await f.municipality(conn)
+    team = await f.team(conn, mid, None)
+    created = await conn.fetchval("SELECT now() - interval '23 hours'")
+    await f.ticket(conn, mid, assigned_team_id=team, created_at=created)
+    metrics = Metrics()
+    caplog.set_level(logging.WARNING, "sla_daemon.timer")
+    sla = SLAService(pool, warn_team_manager=True)
+    result = await check_sla_breaches(pool, sla, EscalationService(pool), metrics)
+    assert result.warnings == 1 and not await staff_rows(conn)
+    assert "no staff alert: there is nobody to alert (no team manager)" in caplog.text
+    labels = {"kind": "warning", "outcome": "no_recipient"}
+    assert metrics.registry.get_sample_value("sla_daemon_staff_alerts_total", labels) == 1
+
+
+async def test_a_warning_shows_the_deadline_on_the_tickets_calendar_clock(
+    conn: asyncpg.Connection,
+) -> None:
+    await calendar(conn, "port-louis", ["mon-fri 08:00-16:00"], time_zone="Indian/Mauritius")
+    mid = await municipality_on(conn, "port-louis", 4, 16)
+    manager = await f.user(conn, "0830000000")
+    tid = await f.ticket(conn, mid, user_id=await f.user(conn))
+    deadline = datetime(2030, 1, 7, 12, 30, tzinfo=ZoneInfo("UTC"))
+    queued = await conn.fetchval(
+        "SELECT sla_daemon.enqueue_staff_alert($1, $2, 'staff_warning', NULL, $3)",
+        tid,
+        manager,
+        deadline,
+    )
+    assert queued == "queued"
+    (row,) = await conn.fetch(QUERIES["claim_outbox"], "w", 10, 30.0)
+    assert (row["kind"], row["time_zone"], row["level"]) == (
+        "staff_warning",
+        "Indian/Mauritius",
+        None,
+    )
+    fields = ("tracking_number", "category", "level", "deadline_at", "time_zone")
+    values = values_for(**{k: row[k] for k in fields})
+    assert values["deadline"] == "2030-01-07 16:30 +04"
+
+
 # --- templates, the window, opt-out ---------------------------------------------------
+
+
+def test_templates_and_check_cover_the_staff_alerts() -> None:
+    by_key = {d.key: d for d in definitions(CATALOG)}
+    escalation, warning = by_key["staff_escalation:zu"], by_key["staff_warning:af"]
+    assert escalation.body == CATALOG.texts["zu"]["staff.escalation"].format(
+        tracking_number="{{1}}", category="{{2}}", overdue="{{3}}", level="{{4}}"
+    )
+    assert set(escalation.variables) == {"1", "2", "3", "4"}
+    assert warning.body == CATALOG.texts["af"]["staff.warning"].format(
+        tracking_number="{{1}}", category="{{2}}", deadline="{{3}}"
+    )
+    assert set(warning.variables) == {"1", "2", "3"}
+    base: dict[str, Any] = {
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": "t",
+        "twilio_whatsapp_number": "+14155238886",
+    }
+    citizens = {k: "HX1" for k in template_keys(CATALOG) if not k.startswith("staff_")}
+    (_, templates) = check_twilio(Settings(**base, twilio_content_sids=citizens), CATALOG)
+    assert templates.status == "warn" and "staff_escalation:zu" in templates.detail
+    assert "staff_warning" not in templates.detail  # only asked for with the setting
+    warned = Settings(**base, twilio_content_sids=citizens, warn_team_manager=True)
+    (_, templates) = check_twilio(warned, CATALOG)
+    assert "staff_warning:af" in templates.detail
+    every = {k: "HX1" for k in template_keys(CATALOG, staff_warning=True)}
+    (_, templates) = check_twilio(Settings(**base, twilio_content_sids=every), CATALOG)
+    assert templates.status == "ok"
 
 
 async def test_a_staff_alert_goes_as_its_approved_template_where_one_is_configured(
