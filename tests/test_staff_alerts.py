@@ -482,6 +482,65 @@ async def test_a_staff_members_stop_opts_their_number_out_like_any_other(
     assert b.ticket == row["ticket_id"]
 
 
+async def test_a_staff_alerts_delivery_is_tracked_like_any_message(
+    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio
+) -> None:
+    await breach(conn, manager_language="zu")
+    sids = {**TEMPLATES, "staff_escalation:zu": "HXstaffzu"}
+    async with running(hooked(dsn, fake, twilio_content_sids=sids)):
+        await fake.wait_for(2)
+        await wait_until_finished(conn)
+        (alert,) = to(fake, MANAGER)
+        assert alert.content_sid == "HXstaffzu" and alert.status_callback
+        assert await fake.callback(alert, "delivered") == 204
+
+        async def delivered() -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                "SELECT d.status, o.recipient_id FROM sla_daemon.deliveries d"
+                " JOIN sla_daemon.outbox o ON o.id = d.outbox_id WHERE d.message_sid = $1",
+                alert.sid,
+            )
+
+        row = await eventually(delivered, 10, what="the delivery recorded")
+    assert row["status"] == "delivered" and row["recipient_id"] is not None
+
+
+async def test_a_staff_alert_is_retried_and_dead_lettered_like_any_message(
+    conn: asyncpg.Connection, dsn: str, fake: FakeTwilio
+) -> None:
+    # With the warning setting on, a ticket past its warning: the manager's alert is the
+    # only message, so the fake's scripted failures are its.
+    async def warned_ticket() -> UUID:
+        mid = await f.municipality(conn)
+        team = await f.team(conn, mid, await f.user(conn, "0830000000"))
+        created = await conn.fetchval("SELECT now() - interval '23 hours'")
+        return await f.ticket(conn, mid, assigned_team_id=team, created_at=created)
+
+    fake.fail_next(503)
+    first = await warned_ticket()
+    async with running(daemon_settings(dsn, fake, warn_team_manager=True)):
+        await fake.wait_for(1)
+        await wait_until_finished(conn)
+        fake.fail_next(400, code=21211, message="Invalid 'To' Phone Number")
+        second = await warned_ticket()
+        await conn.execute("SELECT sla_daemon.reschedule(ARRAY[$1::uuid])", second)
+
+        async def dead() -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                "SELECT attempts, error_code FROM sla_daemon.outbox"
+                " WHERE ticket_id = $1 AND state = 'dead'",
+                second,
+            )
+
+        gone = await eventually(dead, 15, what="the second alert dead")
+    sent = await conn.fetchrow(
+        "SELECT state, attempts, kind FROM sla_daemon.outbox WHERE ticket_id = $1", first
+    )
+    assert tuple(sent.values()) == ("sent", 2, "staff_warning")  # retried after the 503
+    assert (gone["attempts"], gone["error_code"]) == (1, 21211)
+    assert len(fake.messages) == 1
+
+
 # --- the outbox's rules, per (ticket, recipient) ---------------------------------------
 
 
