@@ -408,8 +408,9 @@ def _check_templates(settings: Settings, catalog: MessageCatalog | None) -> Chec
         )
     languages = catalog.languages if catalog else ()
     neutral = settings.sensitive_messages == "neutral"
-    wanted = set(template_keys(catalog, neutral=neutral)) if catalog else set()
-    known = set(template_keys(catalog, neutral=True)) if catalog else set()
+    warn = settings.warn_team_manager
+    wanted = set(template_keys(catalog, neutral=neutral, staff_warning=warn)) if catalog else set()
+    known = set(template_keys(catalog, neutral=True, staff_warning=True)) if catalog else set()
     unknown = sorted(set(sids) - known) if languages else []
     missing = sorted(wanted - set(sids))
     notes = []

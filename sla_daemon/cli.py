@@ -444,7 +444,8 @@ def outbox() -> None:
 @_timeout_option
 @click.pass_context
 def list_dead(ctx: click.Context, limit: int, as_json: bool, timeout: float) -> None:
-    """The newest dead letters: id, tracking number, status, error code and error.
+    """The newest dead letters: id, tracking number, status (or staff alert), error code
+    and error.
 
     Phone numbers are never shown (stored errors are scrubbed, and scrubbed again here).
     """
@@ -462,7 +463,9 @@ def list_dead(ctx: click.Context, limit: int, as_json: bool, timeout: float) -> 
         {
             "id": r["id"],
             "tracking_number": r["tracking_number"],
-            "status": "escalation notice" if r["kind"] == "escalation" else r["new_status"],
+            "status": _what_was_sent(r["kind"], r["new_status"], r["level"]),
+            # issue 12: a staff alert's recipient (users.id); None: the ticket's citizen
+            "recipient_id": str(r["recipient_id"]) if r["recipient_id"] else None,
             "attempts": r["attempts"],
             "error_code": r["error_code"],
             "error": scrub(r["last_error"]),
@@ -502,6 +505,15 @@ def list_dead(ctx: click.Context, limit: int, as_json: bool, timeout: float) -> 
     click.echo(f"({len(items)} of {total} dead; sla-daemon outbox retry-dead re-queues them)")
 
 
+def _what_was_sent(kind: str, new_status: str, level: int | None) -> str:
+    """A dead letter's message, as list-dead shows it."""
+    if kind == "staff_escalation":
+        return f"staff alert: escalation level {level}"
+    if kind == "staff_warning":
+        return "staff alert: warning"
+    return "escalation notice" if kind == "escalation" else new_status
+
+
 @outbox.command("retry-dead")
 @click.option(
     "--id",
@@ -518,8 +530,9 @@ def retry_dead(ctx: click.Context, ids: tuple[int, ...], yes: bool, timeout: flo
     """Put dead letters back in the queue, once their cause is fixed.
 
     A row that is no longer its ticket's newest status is superseded, not sent: the
-    citizen never gets an older status after a newer one. A running daemon picks the
-    rows up at once; otherwise they go when it next starts.
+    citizen never gets an older status after a newer one. Staff alerts are judged per
+    recipient: a newer alert to the same person supersedes one, a citizen's status not.
+    A running daemon picks the rows up at once; otherwise they go when it next starts.
     """
     settings = _settings(ctx)
     if not ids and not yes:

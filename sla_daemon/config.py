@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     twilio_api_base_url: str = Field(
         default="https://api.twilio.com", validation_alias="TWILIO_API_BASE_URL"
     )
-    #: Content API templates, keyed "status:language" (or "escalation:language") -> content SID.
+    #: Content API templates, keyed "status:language" (or "escalation:language",
+    #: "staff_escalation:language", ...) -> content SID.
     twilio_content_sids: dict[str, str] = Field(default_factory=dict)
     dry_run: bool = False
     default_region: str = "ZA"
@@ -166,6 +167,9 @@ class Settings(BaseSettings):
     #: subtransaction (one commit for many: the sweep of thousands is WAL-bound).
     escalation_batch_size: int = Field(default=20, ge=1, le=1000)
     breach_batch_size: int = Field(default=500, ge=1)
+    #: Each SLA warning also goes to the ticket's team manager as a WhatsApp staff alert
+    #: (issue 12); off by default: the warning is otherwise an event and a log line.
+    warn_team_manager: bool = False
 
     # --- listener -----------------------------------------------------------------
     health_interval_seconds: float = Field(default=5.0, gt=0)

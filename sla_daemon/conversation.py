@@ -5,7 +5,8 @@ The outbox claims rows; before they are sent, one query per claim reads what the
 database knows about each row's ticket and number (``delivery_plan``). Then, per row:
 
 - a sensitive (GBV) ticket gets no automated message ('withheld'), or with
-  ``SLA_DAEMON_SENSITIVE_MESSAGES=neutral`` a text that names no category or detail;
+  ``SLA_DAEMON_SENSITIVE_MESSAGES=neutral`` a text that names no category or detail
+  (to its citizen; a staff alert about it is always withheld);
 - a number that opted out (STOP) gets nothing: the row ends 'opted_out';
 - a number Twilio called unreachable (63024, 63014, 63003) gets nothing until the
   citizen writes again: the row ends dead with the reason;
@@ -28,6 +29,7 @@ from .config import Settings
 from .db import QUERIES
 from .notifications import Guard, NotificationService, SendOptions, SendResult
 from .phones import InvalidPhoneError, normalize_phone
+from .staff import alert_values, is_staff
 
 if TYPE_CHECKING:
     from .outbox import OutboxRow
@@ -112,7 +114,8 @@ class Conversation:
         plan = self._plans.pop(row.key, Plan())
         if row.tracking_number is None:
             return SendResult("dead", error="ticket no longer exists")
-        neutral = plan.sensitive and self._settings.sensitive_messages == "neutral"
+        staff = is_staff(row)  # issue 12: a staff alert goes to its recipient's number
+        neutral = plan.sensitive and not staff and self._settings.sensitive_messages == "neutral"
         if plan.sensitive and not neutral:
             return SendResult(
                 "withheld",
@@ -125,7 +128,7 @@ class Conversation:
                 "dead",
                 error_code=plan.unreachable_code,
                 error=f"number unreachable ({plan.unreachable_code}): nothing is sent until"
-                " the citizen writes again",
+                f" the {'staff member' if staff else 'citizen'} writes again",
             )
         options = SendOptions(self._template_choice(plan), self._callback_url(row))
         result = await self._send(row, neutral, guard, options)
@@ -161,6 +164,8 @@ class Conversation:
         kind = row.new_status
         if neutral or row.kind == "escalation":
             kind = "neutral" if neutral else "escalation"
+        elif is_staff(row):
+            kind = row.kind
         return f"{kind}:{result.language}" in self._settings.twilio_content_sids
 
     async def _send(
@@ -171,6 +176,10 @@ class Conversation:
         if neutral:
             return await n.send_neutral_notice(
                 row.phone, row.tracking_number, row.language, guard, options
+            )
+        if is_staff(row):  # issue 12
+            return await n.send_staff_alert(
+                row.phone, row.kind, row.language, alert_values(row), guard, options
             )
         if row.kind == "escalation":
             return await n.send_escalation_notice(

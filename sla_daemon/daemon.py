@@ -173,7 +173,9 @@ class Daemon:
             if self.stopping.is_set():
                 return
             raise
-        sla = SLAService(pool, batch_size=s.breach_batch_size)
+        sla = SLAService(
+            pool, batch_size=s.breach_batch_size, warn_team_manager=s.warn_team_manager
+        )
         escalation = EscalationService(
             pool,
             concurrency=s.escalation_concurrency,
@@ -354,10 +356,12 @@ class Daemon:
 
 
 def _missing_templates(settings: Settings, catalog: MessageCatalog) -> list[str]:
-    neutral = settings.sensitive_messages == "neutral"
-    return [
-        k for k in template_keys(catalog, neutral=neutral) if k not in settings.twilio_content_sids
-    ]
+    keys = template_keys(
+        catalog,
+        neutral=settings.sensitive_messages == "neutral",
+        staff_warning=settings.warn_team_manager,
+    )
+    return [k for k in keys if k not in settings.twilio_content_sids]
 
 
 async def _bind(start: Callable[[], Awaitable[None]], what: str, hint: str = "") -> None:

@@ -8,7 +8,8 @@ in this process (always in dry run: nothing is sent, the numbers are made up), h
 "staff" change ticket statuses from a separate connection, and prints what happens as
 it happens: the WhatsApp texts each citizen would get, in their language (read back
 from the outbox as the daemon finishes each row, rendered by the message catalog,
-phones masked), the SLA warning, and the escalation when a deadline passes. Its
+phones masked), the SLA warning, the escalation when a deadline passes, and the staff
+alerts to the team manager and (level 2) the department head, in their languages. Its
 webhook endpoint is on (loopback): Twilio's side is played by signed requests into it
 (``sla_daemon.demo_twilio``), so each message shows its delivered and read ticks,
 and one citizen's STOP keeps the next message from being sent.
@@ -57,6 +58,7 @@ from .demo_twilio import ACCOUNT_SID, DEMO_PUBLIC_URL, SimulatedTwilio, new_sid
 from .embedded import kill_pid, postmaster_pid, process_alive
 from .messages import MessageCatalog
 from .phones import InvalidPhoneError, mask_phone, normalize_phone, whatsapp_address
+from .staff import STAFF_KINDS, values_for
 
 __all__ = ["DemoError", "run_demo"]
 
@@ -92,7 +94,9 @@ CITIZENS = (
     Citizen("082 000 0003", "af-ZA"),
 )
 MANAGER_PHONE = "082 000 0009"
+MANAGER_LANGUAGE = "zu"  # staff alerts come in the staff member's own language
 HEAD_PHONE = "082 000 0008"  # the department head: escalation level 2
+HEAD_LANGUAGE = "af"
 
 #: The business-hours ticket: billing on an office calendar closed the next working day.
 BUSINESS_CALENDAR = "demo-office"
@@ -160,6 +164,8 @@ class Seen:
     escalations: int = 0
     levels: int = 0
     escalation_notice: bool = False
+    #: issue 12: WhatsApp alerts to the staff a ticket was escalated to
+    staff_alerts: int = 0
     unfinished: int = 0
     #: issue 13: per message SID, the tick shown (delivered, read); rows not sent
     ticks: dict[str, str] = field(default_factory=dict)
@@ -370,7 +376,14 @@ async def _demo_body(
                 error = None if daemon_task.cancelled() else daemon_task.exception()
                 raise DemoError(f"the daemon stopped unexpectedly: {error!r}")
             finished = script.done() and stop.done() and all(t.done() for t in ticks)
-            if finished and seen.escalation_notice and seen.levels and not seen.unfinished:
+            staffed = seen.staff_alerts >= 2  # the team manager's and the department head's
+            if (
+                finished
+                and seen.escalation_notice
+                and seen.levels
+                and staffed
+                and not seen.unfinished
+            ):
                 await _watch_once(admin, seeded, catalog, seen, out, at)  # the last ticks
                 break
             if time.monotonic() > deadline:
@@ -379,6 +392,7 @@ async def _demo_body(
                     "the demo did not see everything in time "
                     f"(escalation notice sent: {seen.escalation_notice}, "
                     f"level 2 fired: {seen.levels > 0}, "
+                    f"staff alerts sent: {seen.staff_alerts}, "
                     f"messages still queued: {seen.unfinished}); see the daemon's log with -v"
                 )
             await asyncio.sleep(0.1)
@@ -388,7 +402,8 @@ async def _demo_body(
         by_language = ", ".join(f"{lang} {n}" for lang, n in sorted(seen.messages.items()))
         out(
             "summary",
-            f"{sum(seen.messages.values())} WhatsApp messages ({by_language}), "
+            f"{sum(seen.messages.values())} WhatsApp messages to citizens ({by_language}), "
+            f"{seen.staff_alerts} staff alerts, "
             f"{seen.warnings} warning, {seen.escalations} escalation (then level 2); "
             f"{sum(1 for t in seen.ticks.values() if t in ('delivered', 'read'))} delivered,"
             f" {sum(1 for t in seen.ticks.values() if t == 'read')} read; {seen.stops} STOP,"
@@ -402,6 +417,7 @@ async def _demo_body(
                 ("a warning", seen.warnings > 0),
                 ("an escalation", seen.escalations > 0),
                 ("a second escalation level", seen.levels > 0),
+                ("the staff alerts of both levels", seen.staff_alerts >= 2),
                 ("all three languages", len(seen.messages) >= 3),
                 ("a read message", "read" in seen.ticks.values()),
                 ("a message not sent after STOP", seen.not_sent > 0),
@@ -467,9 +483,17 @@ def _daemon_settings(
     settings: Settings, dsn: str, seconds: float, prefix: str, token: str
 ) -> Settings:
     """The operator's settings, but: this database, dry run, quick loops, no metrics port,
-    and the webhook endpoint on loopback, checking signatures with the demo's own token."""
+    and the webhook endpoint on loopback, checking signatures with the demo's own token.
+    Staff never wrote to the desk (no 24-hour window): their alerts go as approved
+    templates, made-up content SIDs here (dry run: nothing reaches Twilio)."""
+    staff_templates = {
+        f"{kind}:{lang}": f"HXdemo{kind.removeprefix('staff_')}{lang}"
+        for kind in STAFF_KINDS
+        for lang in MessageCatalog.load().languages
+    }
     return settings.model_copy(
         update={
+            "twilio_content_sids": staff_templates | settings.twilio_content_sids,
             "database_url": dsn,
             "dry_run": True,
             "webhook_address": "127.0.0.1:0",
@@ -563,8 +587,9 @@ async def _seed(conn: asyncpg.Connection, prefix: str, seconds: float, shared: b
             for c in CITIZENS
         ]
         manager = await conn.fetchval(
-            "INSERT INTO public.users (phone, preferred_language) VALUES ($1, 'en') RETURNING id",
+            "INSERT INTO public.users (phone, preferred_language) VALUES ($1, $2) RETURNING id",
             MANAGER_PHONE,
+            MANAGER_LANGUAGE,
         )
         team = await conn.fetchval(
             "INSERT INTO public.teams (tenant_id, name, manager_id) VALUES ($1, $2, $3)"
@@ -574,8 +599,9 @@ async def _seed(conn: asyncpg.Connection, prefix: str, seconds: float, shared: b
             manager,
         )
         head = await conn.fetchval(
-            "INSERT INTO public.users (phone, preferred_language) VALUES ($1, 'en') RETURNING id",
+            "INSERT INTO public.users (phone, preferred_language) VALUES ($1, $2) RETURNING id",
             HEAD_PHONE,
+            HEAD_LANGUAGE,
         )
         # level 2: the department head, a quarter of the response time after the deadline
         await conn.execute(
@@ -715,10 +741,11 @@ async def _staff_script(
 
 _OUTBOX_DONE = """
 SELECT o.id, o.kind, o.new_status, o.state, o.language, o.error_code, o.last_error,
-       o.finished_at, t.tracking_number, u.phone, u.preferred_language
+       o.finished_at, o.recipient_id, o.level, o.deadline_at, t.tracking_number, t.category,
+       u.phone, u.preferred_language
 FROM sla_daemon.outbox o
 JOIN public.tickets t ON t.id = o.ticket_id
-LEFT JOIN public.users u ON u.id = t.user_id
+LEFT JOIN public.users u ON u.id = coalesce(o.recipient_id, t.user_id)
 WHERE t.tracking_number LIKE $1 || '%' AND o.state NOT IN ('pending', 'sending')
   AND o.id <> ALL ($2::bigint[])
 ORDER BY o.id
@@ -817,6 +844,22 @@ async def _watch_once(
                 "yellow",
             )
             continue
+        if r["recipient_id"] is not None:  # issue 12: a staff alert, as the daemon made it
+            values = values_for(
+                tracking_number=tracking,
+                category=r["category"],
+                level=r["level"],
+                deadline_at=r["deadline_at"],
+                time_zone=None,
+                now=r["finished_at"].timestamp(),
+            )
+            body = catalog.render_staff(r["kind"], lang, values)
+            who = "team manager" if r["recipient_id"] == seeded.manager_id else "department head"
+            seen.staff_alerts += 1
+            label = "(dry run) " if r["state"] == "dry_run" else ""
+            out("whatsapp", f"{label}template to the {who} {to} [{lang}]: {body}", "green")
+            sent.append((r["id"], _address(r["phone"])))
+            continue
         if r["kind"] == "escalation":
             body = catalog.render_escalation(lang, tracking)
             seen.escalation_notice = True
@@ -830,7 +873,9 @@ async def _watch_once(
         if seen.ticks.get(d["message_sid"]) == d["status"]:
             continue
         seen.ticks[d["message_sid"]] = d["status"]
-        what = "escalation notice" if d["kind"] == "escalation" else f"'{d['new_status']}'"
+        what = {"escalation": "escalation notice", "staff_escalation": "staff alert"}.get(
+            d["kind"], f"'{d['new_status']}'"
+        )
         if d["status"] == "read":
             seen.read.add((d["tracking_number"], d["new_status"]))
             seen.read_more.set()

@@ -26,6 +26,7 @@ import asyncpg
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .sla import BreachedTicket
+from .staff import SKIPPED
 
 __all__ = ["EscalationResult", "EscalationService", "LevelResult"]
 
@@ -42,6 +43,9 @@ class EscalationResult:
     breach_type: str | None
     manager_id: UUID | None
     tracking_number: str | None
+    #: issue 12: the team manager's staff alert: queued, or why not (sla_daemon.staff.SKIPPED);
+    #: None when there was no escalation or no manager
+    staff_alert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class LevelResult:
     assigned_to: UUID | None
     tracking_number: str | None
     overdue_hours: float | None
+    #: issue 12: the alert to the person assigned: queued, or why not
+    staff_alert: str | None = None
 
 
 class EscalationService:
@@ -79,6 +85,7 @@ class EscalationService:
             breach_type=row["breach_type"],
             manager_id=row["manager_id"],
             tracking_number=row["tracking_number"],
+            staff_alert=row["staff_alert"],
         )
         self._report(result)
         return result
@@ -94,6 +101,12 @@ class EscalationService:
             )
         elif result.escalated:
             log.info("ticket %s escalated (%s breach)", result.tracking_number, result.breach_type)
+        if result.staff_alert in SKIPPED:
+            log.warning(
+                "ticket %s escalated to its team manager, but no staff alert: %s",
+                result.tracking_number,
+                SKIPPED[result.staff_alert or ""],
+            )
 
     async def escalate_ticket(self, ticket_id: UUID, reason: str | None = None) -> bool:
         """Escalate one ticket if it is still breached; True when this call escalated it."""
@@ -168,6 +181,7 @@ class EscalationService:
                 breach_type=row["breach_type"],
                 manager_id=row["manager_id"],
                 tracking_number=row["tracking_number"],
+                staff_alert=row["staff_alert"],
             )
             if row["error"] is not None:
                 ticket = by_id[row["ticket_id"]]
@@ -235,6 +249,7 @@ class EscalationService:
                 r["assigned_to"],
                 r["tracking_number"],
                 r["overdue_hours"],
+                r["staff_alert"],
             )
             for r in rows
         ]
@@ -248,6 +263,13 @@ class EscalationService:
                     r.level,
                     r.overdue_hours or 0.0,
                 )
+                if r.staff_alert in SKIPPED:
+                    log.warning(
+                        "ticket %s: no staff alert for level %d: %s",
+                        r.tracking_number,
+                        r.level,
+                        SKIPPED[r.staff_alert or ""],
+                    )
         return results
 
     async def _level_failed(self, ticket_id: UUID, error: str) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "FALLBACK_LANGUAGE",
     "PLACEHOLDERS",
     "REOPENED_FROM",
+    "STAFF_TEXTS",
     "STATUSES",
     "CatalogError",
     "MessageCatalog",
@@ -29,8 +30,23 @@ __all__ = [
 STATUSES: tuple[str, ...] = ("open", "in_progress", "escalated", "resolved", "closed")
 #: A ticket opened again from one of these gets the reopened notice, not the first report's.
 REOPENED_FROM: frozenset[str] = frozenset({"resolved", "closed"})
-#: The only placeholders a text may use.
-PLACEHOLDERS: frozenset[str] = frozenset({"tracking_number", "status_label"})
+#: The only placeholders a text may use, in the order a template numbers them
+#: ({{1}}, {{2}}, ...: the ones a text uses, in this order).
+VARIABLE_ORDER: tuple[str, ...] = (
+    "tracking_number",
+    "status_label",
+    "category",
+    "overdue",
+    "level",
+    "deadline",
+)
+PLACEHOLDERS: frozenset[str] = frozenset(VARIABLE_ORDER)
+#: Staff alerts (issue 12): the outbox kind -> its text. They name the category, how
+#: overdue the ticket is (``3 h 20 min``), the escalation level, or the deadline.
+STAFF_TEXTS: Mapping[str, str] = {
+    "staff_escalation": "staff.escalation",
+    "staff_warning": "staff.warning",
+}
 #: The reference catalog and the language used when a citizen's is unknown.
 FALLBACK_LANGUAGE = "en"
 
@@ -95,9 +111,12 @@ class MessageCatalog:
         if FALLBACK_LANGUAGE not in self.texts:
             raise CatalogError(f"missing the reference catalog {FALLBACK_LANGUAGE}.toml")
         reference = self.texts[FALLBACK_LANGUAGE]
-        required = {"escalation_notice", "neutral_notice", "reopened_notice"} | {
-            f"{table}.{status}" for table in ("status", "status_label") for status in STATUSES
-        }
+        required = {
+            "escalation_notice",
+            "neutral_notice",
+            "reopened_notice",
+            *STAFF_TEXTS.values(),
+        } | {f"{table}.{status}" for table in ("status", "status_label") for status in STATUSES}
         missing = sorted(required - reference.keys())
         if missing:
             raise CatalogError(f"{self._file(FALLBACK_LANGUAGE)}: missing keys {missing}")
@@ -172,6 +191,22 @@ class MessageCatalog:
         return self._text(language, "neutral_notice").format(
             tracking_number=tracking_number, status_label=""
         )
+
+    def render_staff(self, kind: str, language: str | None, values: Mapping[str, str]) -> str:
+        """A staff alert (``staff_escalation``, ``staff_warning``) in ``language``;
+        ``values`` holds every placeholder of VARIABLE_ORDER but the status label."""
+        return self._text(language, self._staff_key(kind)).format(**{"status_label": "", **values})
+
+    def variables(self, kind: str) -> tuple[str, ...]:
+        """The placeholders a staff alert's text uses, in template order: {{1}} is the
+        first. Every language uses the same ones (``validate``)."""
+        used = self._placeholders(FALLBACK_LANGUAGE, self._staff_key(kind))
+        return tuple(name for name in VARIABLE_ORDER if name in used)
+
+    def _staff_key(self, kind: str) -> str:
+        if kind not in STAFF_TEXTS:
+            raise CatalogError(f"unknown staff alert {kind!r}; expected one of {list(STAFF_TEXTS)}")
+        return STAFF_TEXTS[kind]
 
     def _status(self, status: str) -> str:
         if status not in STATUSES:

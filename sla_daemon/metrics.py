@@ -95,6 +95,13 @@ class Metrics:
         self.warnings = Counter(
             "sla_daemon_warnings", "Deadline warnings recorded", ["deadline_kind"], registry=r
         )
+        self.staff_alerts = Counter(
+            "sla_daemon_staff_alerts",
+            "Staff alerts, by kind (escalation, warning) and outcome (queued, or why none"
+            " was: no_phone, no_user, no_recipient, sensitive, moot)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "sla_daemon_outbox_backlog", "Outbox rows pending or being sent", registry=r
         )

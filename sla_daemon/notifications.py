@@ -310,6 +310,31 @@ class NotificationService:
             phone, body, f"neutral:{lang}", lang, tracking_number, "", guard, options
         )
 
+    # --- issue 12: staff alerts ----------------------------------------------------------
+    async def send_staff_alert(
+        self,
+        phone: str | None,
+        kind: str,
+        language: str | None,
+        values: Mapping[str, str],
+        guard: Guard | None = None,
+        options: SendOptions | None = None,
+    ) -> SendResult:
+        """Tell a staff member about a ticket (``staff_escalation``, ``staff_warning``),
+        in their language; its template's variables are the text's placeholders, in
+        template order (sla_daemon.messages.VARIABLE_ORDER)."""
+        lang = self._language(language)
+        try:
+            body = self._catalog.render_staff(kind, lang, values)
+            names = self._catalog.variables(kind)
+        except CatalogError as exc:
+            return SendResult("dead", error=str(exc), language=lang)
+        variables = {str(i): values[name] for i, name in enumerate(names, 1)}
+        tracking_number = values["tracking_number"]
+        return await self._send(
+            phone, body, f"{kind}:{lang}", lang, tracking_number, "", guard, options, variables
+        )
+
     # --- issue 13: reconciliation -------------------------------------------------------
     async def fetch_message(self, sid: str) -> tuple[str | None, int | None, str | None]:
         """Twilio's status, error code and 'to' for one message; (None, None, None) when
@@ -336,7 +361,10 @@ class NotificationService:
         label: str,
         guard: Guard | None = None,
         options: SendOptions | None = None,
+        variables: Mapping[str, str] | None = None,
     ) -> SendResult:
+        """Send ``body``, or the template of ``template_key`` with ``variables`` (by
+        default: 1 the tracking number, 2 the status label)."""
         try:
             to = whatsapp_address(normalize_phone(phone, self._settings.default_region))
         except InvalidPhoneError as exc:
@@ -376,7 +404,9 @@ class NotificationService:
         kwargs: dict[str, str] = {"to": to, "from_": str(self._from)}
         if content_sid:
             kwargs["content_sid"] = content_sid
-            kwargs["content_variables"] = json.dumps({"1": tracking_number, "2": label})
+            kwargs["content_variables"] = json.dumps(
+                dict(variables) if variables is not None else {"1": tracking_number, "2": label}
+            )
         else:
             kwargs["body"] = body
         if options.status_callback:  # issue 13

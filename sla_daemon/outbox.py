@@ -37,6 +37,7 @@ from .config import LEASE_MARGIN_SECONDS, Settings
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .notifications import Guard, NotificationService, SendResult
+from .staff import alert_values, is_staff
 
 if TYPE_CHECKING:
     from .conversation import Conversation
@@ -57,8 +58,17 @@ class OutboxRow:
     attempts: int
     created_at: datetime
     tracking_number: str | None
+    #: the recipient's (the citizen's, or for a staff alert the staff member's)
     phone: str | None
     language: str | None
+    # --- issue 12: staff alerts (recipient_id NULL: the ticket's citizen) ---
+    recipient_id: UUID | None = None
+    category: str | None = None
+    level: int | None = None
+    #: the deadline missed (escalation) or warned of (warning)
+    deadline_at: datetime | None = None
+    #: the ticket's calendar's time zone (staff alerts show the deadline in it)
+    time_zone: str | None = None
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> OutboxRow:
@@ -124,11 +134,16 @@ class OutboxProcessor:
     async def send_status_notification(
         self, row: OutboxRow, guard: Guard | None = None
     ) -> SendResult:
-        """Send one outbox row: the escalation notice for an SLA escalation, else the status."""
+        """Send one outbox row: the escalation notice for an SLA escalation, a staff
+        alert to its recipient, else the status."""
         if self._conversation is not None:  # issue 13: it decides whether and how
             return await self._conversation.send(row, guard)
         if row.tracking_number is None:
             return SendResult("dead", error="ticket no longer exists")
+        if is_staff(row):  # issue 12
+            return await self._notifications.send_staff_alert(
+                row.phone, row.kind, row.language, alert_values(row), guard
+            )
         if row.kind == "escalation":
             return await self._notifications.send_escalation_notice(
                 row.phone, row.tracking_number, row.language, guard

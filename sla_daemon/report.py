@@ -39,6 +39,11 @@ reopened ticket's second cycle is counted on its own), on each ticket's calendar
 
 First responses and resolutions are recorded by the outbox claim (migration 0014), so
 cycles before that migration have none; a ticket created already resolved has none.
+
+Staff alerts (issue 12, ``staff_alerts``; named queries ``report_staff_alerts`` and
+``report_unalerted``): the WhatsApp alerts to the people tickets were escalated to (and
+the team managers' warnings) queued in the period, per kind, by what became of them,
+and the escalations whose person could not be alerted (no phone number, no such user).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "OutboxSummary",
     "Report",
     "ReportRow",
+    "StaffAlerts",
     "build_report",
     "format_table",
     "parse_period",
@@ -202,6 +208,19 @@ class LanguageDeliveries:
 
 
 @dataclass(frozen=True)
+class StaffAlerts:
+    """Issue 12: staff alerts of one kind queued in the period, by what became of them."""
+
+    kind: str
+    queued: int
+    sent: int
+    waiting: int
+    dead: int
+    #: not sent by design: superseded by a newer alert to the same person, opted out, withheld
+    unsent: int
+
+
+@dataclass(frozen=True)
 class FailingNumber:
     """A number whose messages keep failing; masked (+27*****4567), never whole."""
 
@@ -219,6 +238,9 @@ class Report:
     outbox: OutboxSummary
     deliveries: tuple[LanguageDeliveries, ...] = ()
     failing_numbers: tuple[FailingNumber, ...] = ()
+    staff_alerts: tuple[StaffAlerts, ...] = ()
+    #: escalations in the period whose person could not be alerted (no phone, no user)
+    unalerted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +260,10 @@ class Report:
             },
             "deliveries": [asdict(d) for d in self.deliveries],
             "failing_numbers": [asdict(n) for n in self.failing_numbers],
+            "staff_alerts": {
+                "by_kind": [asdict(a) for a in self.staff_alerts],
+                "escalations_without_alert": self.unalerted,
+            },
         }
 
 
@@ -251,6 +277,8 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
         dead = await conn.fetch(QUERIES["report_dead_by_code"])
         deliveries = await conn.fetch(QUERIES["report_deliveries"], period)
         failing = await conn.fetch(QUERIES["report_failing_numbers"], period)
+        staff = await conn.fetch(QUERIES["report_staff_alerts"], period)
+        unalerted = await conn.fetchval(QUERIES["report_unalerted"], period)
     assert outbox is not None
     business = _business_hours(cycles, levels)
     rows: list[ReportRow] = []
@@ -287,6 +315,8 @@ async def build_report(conn: asyncpg.Connection, period: timedelta) -> Report:
             FailingNumber(mask_phone(n["phone"]), n["failures"], n["last_error_code"])
             for n in failing
         ),
+        staff_alerts=tuple(StaffAlerts(**dict(a.items())) for a in staff),
+        unalerted=unalerted,
     )
 
 
@@ -424,7 +454,27 @@ def format_table(report: Report, style: Any = None) -> str:
     if ob.dead:
         out.append("  (sla-daemon outbox list-dead shows them; retry-dead re-queues them)")
     out.extend(_delivery_lines(report, bold))
+    out.extend(_staff_lines(report, bold))
     return "\n".join(out)
+
+
+def _staff_lines(report: Report, bold: Any) -> list[str]:
+    """Issue 12: the staff alerts of the period, and escalations nobody could be told of."""
+    out = ["", bold("Staff alerts (queued in the period)")]
+    if not report.staff_alerts:
+        out.append("  (none)")
+    for a in report.staff_alerts:
+        out.append(
+            f"  {a.kind.removeprefix('staff_').ljust(10)} {a.queued} queued: {a.sent} sent,"
+            f" {a.waiting} waiting, {a.dead} dead, {a.unsent} not sent (superseded, opted"
+            " out or withheld)"
+        )
+    if report.unalerted:
+        out.append(
+            f"  {report.unalerted} escalations whose person could not be alerted (no phone"
+            " number, or no such user)"
+        )
+    return out
 
 
 def _delivery_lines(report: Report, bold: Any) -> list[str]:

@@ -57,6 +57,9 @@ class WarningTicket:
     deadline_kind: BreachType
     deadline: datetime
     warn_at: datetime
+    #: issue 12: the team manager's staff alert (SLA_DAEMON_WARN_TEAM_MANAGER): queued,
+    #: or why not (sla_daemon.staff.SKIPPED); None when not asked for
+    staff_alert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,13 @@ class NextEvent:
 class SLAService:
     """Reads SLA state; never changes a ticket except to (re)set its deadlines."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 500) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, batch_size: int = 500, warn_team_manager: bool = False
+    ) -> None:
         self._pool = pool
         self._batch_size = batch_size
+        #: each warning recorded also alerts the ticket's team manager (issue 12)
+        self._warn_team_manager = warn_team_manager
 
     async def get_sla_config(self, municipality_id: UUID, category: str | None) -> SLAConfig:
         row = await self._pool.fetchrow(QUERIES["sla_config_for"], municipality_id, category)
@@ -142,8 +149,9 @@ class SLAService:
         return count
 
     async def record_warnings(self, limit: int = 1000) -> list[WarningTicket]:
-        """Record due warnings once each (announced on NOTIFY 'sla_daemon_warning')."""
-        rows = await self._pool.fetch(QUERIES["record_warnings"], limit)
+        """Record due warnings once each (announced on NOTIFY 'sla_daemon_warning'); with
+        ``warn_team_manager``, each also queues a staff alert to its team's manager."""
+        rows = await self._pool.fetch(QUERIES["record_warnings"], limit, self._warn_team_manager)
         return [_warning(r) for r in rows]
 
     async def next_event_at(self, after: datetime | None = None) -> NextEvent:
@@ -173,4 +181,5 @@ def _warning(r: asyncpg.Record) -> WarningTicket:
         deadline_kind=r["deadline_kind"],
         deadline=r["deadline"],
         warn_at=r["warn_at"],
+        staff_alert=r.get("staff_alert"),
     )

@@ -24,6 +24,7 @@ from .db import QUERIES
 from .escalation import EscalationService
 from .metrics import Metrics
 from .sla import SLAService
+from .staff import SKIPPED
 
 __all__ = ["PassResult", "SLATimer", "check_sla_breaches"]
 
@@ -73,6 +74,12 @@ async def check_sla_breaches(
             w.deadline_kind,
             w.deadline.isoformat(timespec="seconds"),
         )
+        if w.staff_alert in SKIPPED:
+            log.warning(
+                "SLA warning for ticket %s: no staff alert: %s",
+                w.tracking_number,
+                SKIPPED[w.staff_alert or ""],
+            )
     if metrics is not None:
         for r in escalated:
             metrics.escalations.labels(r.breach_type or "unknown").inc()
@@ -80,6 +87,14 @@ async def check_sla_breaches(
             metrics.escalation_levels.labels(str(lv.level)).inc()
         for w in warnings:
             metrics.warnings.labels(w.deadline_kind).inc()
+        alerts = [
+            *(("escalation", r.staff_alert) for r in escalated),
+            *(("escalation", lv.staff_alert) for lv in fired),
+            *(("warning", w.staff_alert) for w in warnings),
+        ]
+        for kind, outcome in alerts:
+            if outcome is not None:
+                metrics.staff_alerts.labels(kind, outcome).inc()
     nxt = await sla.next_event_at(started)
     return PassResult(
         len(escalated), len(results), len(warnings), nxt.at, nxt.db_now, levels=len(fired)

@@ -35,15 +35,17 @@ ORDER BY warn_at;
 SELECT sla_daemon.tidy_deadlines();
 
 -- name: record_warnings
-SELECT ticket_id, tracking_number, deadline_kind, deadline, warn_at
-FROM sla_daemon.record_warnings($1::integer);
+-- $2: also queue a staff alert to each ticket's team manager (SLA_DAEMON_WARN_TEAM_MANAGER).
+SELECT ticket_id, tracking_number, deadline_kind, deadline, warn_at, staff_alert
+FROM sla_daemon.record_warnings($1::integer, $2::boolean);
 
 -- name: escalate_ticket
-SELECT escalated, outcome, breach_type, manager_id, tracking_number
+SELECT escalated, outcome, breach_type, manager_id, tracking_number, staff_alert
 FROM sla_daemon.escalate_ticket($1::uuid, $2::text);
 
 -- name: escalate_tickets
-SELECT ticket_id, escalated, outcome, breach_type, manager_id, tracking_number, error, retry_at
+SELECT ticket_id, escalated, outcome, breach_type, manager_id, tracking_number, error, retry_at,
+       staff_alert
 FROM sla_daemon.escalate_tickets($1::uuid[], $2::text[]);
 
 -- name: escalation_failed
@@ -64,7 +66,7 @@ WHERE name = 'timer';
 
 -- name: claim_outbox
 SELECT id, claim_token, ticket_id, kind, old_status, new_status, attempts, created_at,
-       tracking_number, phone, language
+       tracking_number, phone, language, recipient_id, category, level, deadline_at, time_zone
 FROM sla_daemon.claim_outbox($1::text, $2::integer, $3::float8);
 
 -- name: extend_outbox
@@ -99,13 +101,15 @@ SELECT 1;
 -- name: purge_outbox
 -- Finished rows past retention (sent, superseded, dry run, and those that ended unsent
 -- by design: opted out, withheld), a batch at a time (dead rows stay until handled). Each
--- ticket's newest row stays, so "is this the ticket's newest status" (claims,
--- retry-dead) never looks past a purged row.
+-- stream's newest row stays (a ticket's citizen, and each staff member alerted about
+-- it), so "is this the stream's newest" (claims, retry-dead) never looks past a purged row.
 WITH old AS (
     SELECT o.id FROM sla_daemon.outbox o
     WHERE o.state IN ('sent', 'superseded', 'dry_run', 'opted_out', 'withheld')
       AND o.finished_at < now() - $1::float8 * interval '1 day'
-      AND EXISTS (SELECT 1 FROM sla_daemon.outbox n WHERE n.ticket_id = o.ticket_id AND n.id > o.id)
+      AND EXISTS (SELECT 1 FROM sla_daemon.outbox n
+                  WHERE n.ticket_id = o.ticket_id AND n.id > o.id
+                    AND n.recipient_id IS NOT DISTINCT FROM o.recipient_id)
     LIMIT $2
 ), gone AS (
     DELETE FROM sla_daemon.outbox o USING old WHERE o.id = old.id RETURNING 1
@@ -275,6 +279,29 @@ SELECT now() AS generated_at, now() - $1::interval AS since,
 FROM sla_daemon.messages
 WHERE state IN ('pending', 'sending', 'dead');
 
+-- name: report_staff_alerts
+-- Issue 12: staff alerts queued in the period ($1, an interval ending now), per kind:
+-- sent (or dry run), waiting (pending or sending), dead, and not sent by design
+-- (superseded by a newer alert to the same person, opted out, withheld). Finished rows
+-- leave the outbox after its retention, so a longer period counts fewer.
+SELECT o.kind::text AS kind, count(*) AS queued,
+       count(*) FILTER (WHERE o.state IN ('sent', 'dry_run')) AS sent,
+       count(*) FILTER (WHERE o.state IN ('pending', 'sending')) AS waiting,
+       count(*) FILTER (WHERE o.state = 'dead') AS dead,
+       count(*) FILTER (WHERE o.state IN ('superseded', 'opted_out', 'withheld')) AS unsent
+FROM sla_daemon.outbox o
+WHERE o.recipient_id IS NOT NULL AND o.created_at >= now() - $1::interval
+GROUP BY o.kind
+ORDER BY o.kind::text;
+
+-- name: report_unalerted
+-- Issue 12: escalations in the period whose person could not be alerted (no phone
+-- number, no such user), as recorded in the escalation event.
+SELECT count(*) AS unalerted
+FROM sla_daemon.events e
+WHERE e.kind = 'escalation' AND e.created_at >= now() - $1::interval
+  AND e.details ->> 'staff_alert' IN ('no_phone', 'no_user');
+
 -- name: report_dead_by_code
 SELECT error_code, count(*) AS count, (array_agg(last_error ORDER BY id DESC))[1] AS example
 FROM sla_daemon.outbox
@@ -284,7 +311,7 @@ ORDER BY count(*) DESC, error_code NULLS LAST;
 
 -- name: list_dead
 SELECT o.id, t.tracking_number, o.kind, o.new_status, o.attempts, o.error_code, o.last_error,
-       o.finished_at
+       o.finished_at, o.recipient_id, o.level
 FROM sla_daemon.outbox o
 LEFT JOIN public.tickets t ON t.id = o.ticket_id
 WHERE o.state = 'dead'
@@ -493,7 +520,7 @@ ORDER BY due_at
 LIMIT $1::integer;
 
 -- name: escalate_levels
-SELECT outcome, level, assigned_to, tracking_number, overdue_hours
+SELECT outcome, level, assigned_to, tracking_number, overdue_hours, staff_alert
 FROM sla_daemon.escalate_levels($1::uuid);
 
 -- name: level_failed

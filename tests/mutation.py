@@ -52,8 +52,12 @@ class Mutant:
 M6 = "sql/migrations/0006_boundary.sql"
 M2 = "sql/migrations/0002_sla_core.sql"
 M7 = "sql/migrations/0007_calendars.sql"
-#: claim_outbox as restated last (0014 records first response and resolution per cycle)
-M14 = "sql/migrations/0014_cycle_outcomes.sql"
+#: 0015 restates, per (ticket, recipient), the outbox's rules (claim_outbox, extend_outbox,
+#: requeue_dead) and the escalation (escalate_ticket, escalate_tickets, escalate_levels,
+#: record_warnings), which now queue staff alerts
+M15 = "sql/migrations/0015_staff_alerts.sql"
+STAFF = "tests/test_staff_alerts.py"
+#: 0016 restates the status trigger (the writers' path) and the deadline triggers
 M16 = "sql/migrations/0016_writer_path.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -61,7 +65,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-lock",
         "a ticket is escalated under its advisory lock, so a held key stops the escalation",
-        M7,
+        M15,
         "    IF NOT pg_try_advisory_xact_lock(5459009, hashtext(p_ticket_id::text)) THEN\n"
         "        RETURN QUERY SELECT false, 'locked'",
         "    IF false THEN\n        RETURN QUERY SELECT false, 'locked'",
@@ -70,7 +74,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-recheck",
         "under the lock the ticket is re-checked: one no longer breached is left alone",
-        M7,
+        M15,
         "    IF v_breach IS NULL THEN\n        RETURN QUERY SELECT false, 'not_breached'",
         "    IF false THEN\n        RETURN QUERY SELECT false, 'not_breached'",
         ("tests/test_escalation.py",),
@@ -78,7 +82,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-isolated",
         "a ticket whose escalation fails is retried on its own backoff, recorded with why",
-        M6,
+        M15,
         "            retry_at := sla_daemon.escalation_failed(ticket_id, error);",
         "            retry_at := NULL;",
         ("tests/test_boundary.py", "tests/test_faults.py"),
@@ -159,7 +163,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "skip-locked",
         "a claim skips rows another transaction holds instead of waiting for them",
-        M14,
+        M15,
         "        LIMIT p_limit\n        FOR UPDATE SKIP LOCKED",
         "        LIMIT p_limit\n        FOR UPDATE",
         ("tests/test_promises.py", "tests/test_faults.py"),
@@ -167,7 +171,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "lease-in-busy",
         "a ticket's row whose lease ran out no longer blocks its newer rows",
-        M14,
+        M15,
         "                            AND s.state = 'sending' AND s.next_attempt_at > now())\n"
         "        ORDER BY o.next_attempt_at, o.id",
         "                            AND s.state = 'sending')\n"
@@ -177,9 +181,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "busy-before-limit",
         "claims skip busy tickets before LIMIT, so free due rows are always found",
-        M14,
+        M15,
         "          AND NOT EXISTS (SELECT 1 FROM sla_daemon.outbox s\n"
         "                          WHERE s.ticket_id = o.ticket_id AND s.id <> o.id\n"
+        "                            AND s.recipient_id IS NOT DISTINCT FROM o.recipient_id\n"
         "                            AND s.state = 'sending' AND s.next_attempt_at > now())\n",
         "",
         ("tests/test_daemon.py", "tests/test_faults.py"),
@@ -187,7 +192,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "supersede",
         "only a ticket's newest row is sent; older ones end superseded",
-        M14,
+        M15,
         "        WHERE o.id = j.id AND j.id = j.newest\n        RETURNING o.id, o.ticket_id",
         "        WHERE o.id = j.id\n        RETURNING o.id, o.ticket_id",
         (
@@ -200,10 +205,120 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "quarantine",
         "an intake row that cannot be sent is quarantined, and the rest flow",
-        M14,
+        M15,
         "                  i.kind IN ('status', 'escalation') AS valid",
         "                  true AS valid",
         ("tests/test_boundary.py",),
+    ),
+    # --- outbox: one stream per (ticket, recipient) (issue 12, staff alerts) ----------
+    Mutant(
+        "newest-per-recipient",
+        "a staff alert and the citizen's messages never supersede each other",
+        M15,
+        "                WHERE n.ticket_id = c.ticket_id\n"
+        "                  AND n.recipient_id IS NOT DISTINCT FROM c.recipient_id) AS newest",
+        "                WHERE n.ticket_id = c.ticket_id) AS newest",
+        (STAFF,),
+    ),
+    Mutant(
+        "busy-per-recipient",
+        "a staff alert in flight does not hold the citizen's message back",
+        M15,
+        "                            AND s.recipient_id IS NOT DISTINCT FROM o.recipient_id\n",
+        "",
+        (STAFF,),
+    ),
+    Mutant(
+        "extend-per-recipient",
+        "a lease is extended while its row is the newest of its own recipient's stream",
+        M15,
+        "                      WHERE n.ticket_id = o.ticket_id AND n.id > o.id\n"
+        "                        AND n.recipient_id IS NOT DISTINCT FROM o.recipient_id)",
+        "                      WHERE n.ticket_id = o.ticket_id AND n.id > o.id)",
+        (STAFF,),
+    ),
+    Mutant(
+        "extend-intake-citizens",
+        "a citizen's newer status in the intake does not stop a staff alert's send",
+        M15,
+        "      AND (o.recipient_id IS NOT NULL\n           OR NOT EXISTS",
+        "      AND (false\n           OR NOT EXISTS",
+        (STAFF,),
+    ),
+    Mutant(
+        "requeue-per-recipient",
+        "retry-dead judges a row against its own recipient's stream",
+        M15,
+        "                         WHERE n.ticket_id = o.ticket_id\n"
+        "                           AND n.recipient_id IS NOT DISTINCT FROM o.recipient_id),",
+        "                         WHERE n.ticket_id = o.ticket_id),",
+        (STAFF,),
+    ),
+    Mutant(
+        "purge-per-recipient",
+        "retention keeps the newest row of each recipient's stream",
+        "sql/queries.sql",
+        "                  WHERE n.ticket_id = o.ticket_id AND n.id > o.id\n"
+        "                    AND n.recipient_id IS NOT DISTINCT FROM o.recipient_id)",
+        "                  WHERE n.ticket_id = o.ticket_id AND n.id > o.id)",
+        (STAFF,),
+    ),
+    # --- staff alerts (issue 12) ------------------------------------------------------
+    Mutant(
+        "staff-alert-manager",
+        "an escalation alerts the team manager",
+        M15,
+        "    IF v_manager IS NOT NULL THEN\n        v_alert := sla_daemon.enqueue_staff_alert(",
+        "    IF false THEN\n        v_alert := sla_daemon.enqueue_staff_alert(",
+        (STAFF,),
+    ),
+    Mutant(
+        "staff-alert-level-person",
+        "a further level alerts the person it assigns the ticket to",
+        M15,
+        "            v_alert := sla_daemon.enqueue_staff_alert(p_ticket_id, v_person,",
+        "            v_alert := sla_daemon.enqueue_staff_alert(p_ticket_id, t.assigned_to,",
+        (STAFF,),
+    ),
+    Mutant(
+        "staff-phone",
+        "a staff alert goes to the staff member's number, in their language",
+        M15,
+        "    LEFT JOIN public.users u ON u.id = coalesce(c.recipient_id, t.user_id)",
+        "    LEFT JOIN public.users u ON u.id = t.user_id",
+        (STAFF,),
+    ),
+    Mutant(
+        "warn-setting",
+        "warnings reach the team manager only with SLA_DAEMON_WARN_TEAM_MANAGER",
+        M15,
+        "        IF p_team_manager THEN",
+        "        IF true THEN",
+        (STAFF,),
+    ),
+    Mutant(
+        "staff-no-phone",
+        "a person without a phone gets no alert row, and the escalation goes on",
+        M15,
+        "    IF nullif(btrim(v_phone), '') IS NULL THEN\n        RETURN 'no_phone';",
+        "    IF false THEN\n        RETURN 'no_phone';",
+        (STAFF,),
+    ),
+    Mutant(
+        "staff-sensitive",
+        "no staff alert names a sensitive ticket",
+        M15,
+        "    IF t.is_sensitive IS NOT FALSE THEN\n        RETURN 'sensitive';",
+        "    IF false THEN\n        RETURN 'sensitive';",
+        (STAFF,),
+    ),
+    Mutant(
+        "staff-template-variables",
+        "a staff alert's template gets its variables numbered as the template has them",
+        "sla_daemon/notifications.py",
+        "        variables = {str(i): values[name] for i, name in enumerate(names, 1)}",
+        "        variables = {str(i): values[name] for i, name in enumerate(names)}",
+        (STAFF,),
     ),
     # --- outbox: finishes -----------------------------------------------------------
     Mutant(
@@ -217,7 +332,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "fence-extend",
         "a lease is extended only for the claim that holds it, while it is still the newest",
-        M6,
+        M15,
         "    WHERE o.id = ANY (p_ids) AND o.claim_token = p_token AND o.state = 'sending'",
         "    WHERE o.id = ANY (p_ids) AND o.state = 'sending'",
         ("tests/test_faults.py",),
@@ -233,7 +348,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "requeue-resets-attempts",
         "retry-dead gives a row its attempts back",
-        M6,
+        M15,
         "        SET state = 'pending', attempts = 0, next_attempt_at = now(), finished_at = NULL,",
         "        SET state = 'pending', next_attempt_at = now(), finished_at = NULL,",
         (
@@ -246,7 +361,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "requeue-newest-only",
         "retry-dead re-queues a row only while it is its ticket's newest",
-        M6,
+        M15,
         "        FROM dead d WHERE o.id = d.id AND d.newest <= d.id",
         "        FROM dead d WHERE o.id = d.id",
         ("tests/test_cli.py", "tests/test_faults.py"),

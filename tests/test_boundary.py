@@ -259,8 +259,9 @@ async def _exercise_everything(admin: asyncpg.Connection, dsn: str, attacker_url
     finally:
         await writer.close()
     async with FakeTwilio() as fake, running(daemon_settings(dsn, fake)) as daemon:
-        await fake.wait_for(2)  # the escalation notice, and the newest of three changes
-        assert await wait_until_finished(admin) == Counter({"sent": 2, "superseded": 2})
+        # the escalation notice, the manager's staff alert, and the newest of three changes
+        await fake.wait_for(3)
+        assert await wait_until_finished(admin) == Counter({"sent": 3, "superseded": 2})
         assert daemon.timer is not None
     assert await admin.fetchval("SELECT count(*) FROM sla_daemon.events") == 2
     c = await db.connect(dsn)
@@ -411,12 +412,14 @@ async def test_the_daemon_and_cli_sessions_pin_their_search_path(dsn: str) -> No
 async def test_escalation_notice_is_still_one_message(conn: asyncpg.Connection, dsn: str) -> None:
     (ticket,) = await _breached(conn, 1)
     async with FakeTwilio() as fake, running(daemon_settings(dsn, fake)):
-        await fake.wait_for(1)
-        assert await wait_until_finished(conn) == Counter({"sent": 1})
+        await fake.wait_for(2)  # the citizen's notice and the team manager's staff alert
+        assert await wait_until_finished(conn) == Counter({"sent": 2})
     kinds = await conn.fetch(
-        "SELECT kind FROM sla_daemon.messages WHERE ticket_id = $1", ticket["id"]
+        "SELECT kind FROM sla_daemon.messages WHERE ticket_id = $1 AND recipient_id IS NULL",
+        ticket["id"],
     )
     assert [r["kind"] for r in kinds] == ["escalation"]
+    assert [m.to for m in fake.messages].count("whatsapp:+27821234567") == 1
 
 
 async def test_a_foreign_holder_of_the_awake_mark_costs_at_most_a_poll(
@@ -430,13 +433,14 @@ async def test_a_foreign_holder_of_the_awake_mark_costs_at_most_a_poll(
     other = await f.ticket(conn, await f.municipality(conn), user_id=await f.user(conn))
     settings = daemon_settings(dsn, None, outbox_poll_seconds=0.5)
     async with running(settings):
-        await wait_until_finished(conn)  # the escalation notice
+        await wait_until_finished(conn)  # the escalation notice (and the staff alert)
         await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", other)
         # no NOTIFY comes (writers see the mark held); the 0.5 s poll picks it up
         states = await wait_until_finished(conn, timeout=5)
-    assert states == Counter({"dry_run": 2})
+    assert states == Counter({"dry_run": 3})
     kinds = await conn.fetch("SELECT ticket_id, kind FROM sla_daemon.messages ORDER BY id")
     assert [(r["ticket_id"], r["kind"]) for r in kinds] == [
         (ticket["id"], "escalation"),
+        (ticket["id"], "staff_escalation"),
         (other, "status"),
     ]

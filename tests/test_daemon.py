@@ -298,14 +298,17 @@ async def test_deadline_two_seconds_ahead_escalates_on_time_and_notifies_once(
             conn, mid, user_id=citizen, assigned_team_id=team, sla_response_deadline=deadline
         )
         gbv = await f.ticket(conn, mid, "gbv", user_id=citizen, is_sensitive=True)
-        (msg,) = await fake.wait_for(1, timeout=10)
+        # the citizen's escalation notice, and the team manager's staff alert (issue 12)
+        await fake.wait_for(2, timeout=10)
         t = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", tid)
         await wait_until_finished(conn)
     assert t["status"] == "escalated" and t["assigned_to"] == manager
     lateness = (t["escalated_at"] - deadline).total_seconds()
     assert 0 <= lateness < 1.0, lateness
+    (msg,) = [m for m in fake.messages if m.to == f"whatsapp:{E164}"]
     assert msg.body == CATALOG.render_escalation("af", t["tracking_number"])
-    assert len(fake.messages) == 1
+    assert [m.to for m in fake.messages if m is not msg] == ["whatsapp:+27830000001"]
+    assert len(fake.messages) == 2
     assert await conn.fetchval("SELECT status FROM tickets WHERE id = $1", gbv) == "open"
 
 

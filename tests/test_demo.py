@@ -127,9 +127,29 @@ async def test_demo_shows_messages_in_three_languages_and_an_escalation_then_cle
         assert text in out, f"missing {text!r} in:\n{out}"
     assert re.search(rf"WARNING\s+{prefix}4: .*response", out), out
     assert re.search(rf"ESCALATED\s+{prefix}4: response deadline .* team manager", out), out
-    assert "8 WhatsApp messages" in out and "1 warning, 1 escalation" in out
+    assert "8 WhatsApp messages to citizens" in out and "1 warning, 1 escalation" in out
     # a second escalation level, with no second message to the citizen
     assert re.search(rf"ESCALATED\s+{prefix}4: still unresolved, level 2 .* department head", out)
+    # Issue 12: the team manager (isiZulu) and then the department head (Afrikaans) get a
+    # staff alert each, as approved templates (staff never wrote: no 24-hour window).
+    for who, lang, level, phone in (
+        ("team manager", "zu", 1, "0009"),
+        ("department head", "af", 2, "0008"),
+    ):
+        alert = CATALOG.render_staff(
+            "staff_escalation",
+            lang,
+            {
+                "tracking_number": f"{prefix}4",
+                "category": "refuse",
+                "overdue": "OVERDUE",
+                "level": str(level),
+                "deadline": "",
+            },
+        )
+        pattern = re.escape(alert).replace("OVERDUE", r"\d+ min")
+        assert re.search(rf"template to the {who} \+27\*+{phone} \[{lang}\]: {pattern}", out), out
+    assert "2 staff alerts" in out
     # the business-hours ticket's deadline skips the office's closure
     assert re.search(
         rf"ticket\s+{prefix}5 \(billing\) on office hours .* skipping .*Demo municipal day", out
@@ -140,7 +160,7 @@ async def test_demo_shows_messages_in_three_languages_and_an_escalation_then_cle
     assert re.search(rf"ticks\s+{prefix}1 'resolved': read", out), out
     assert '+27*****0003 wrote on WhatsApp: "STOP"' in out
     assert re.search(rf"{prefix}3 'closed' to \+27\*+0003: NOT sent: the number opted out", out)
-    assert "8 delivered, 8 read; 1 STOP, 1 message not sent" in out
+    assert "10 delivered, 10 read; 1 STOP, 1 message not sent" in out
     assert CATALOG.render_status("closed", "af", f"{prefix}3") not in out
     # Phones are masked; the output is plain text when not a terminal.
     assert "+27*****0002" in out

@@ -49,9 +49,15 @@ async def test_escalates_to_the_team_manager(conn: asyncpg.Connection, pool: asy
         (manager, "escalation", True),
     ]
     outbox = await conn.fetch(
-        "SELECT kind, new_status FROM sla_daemon.messages WHERE ticket_id = $1", tid
+        "SELECT kind, new_status, recipient_id FROM sla_daemon.messages WHERE ticket_id = $1"
+        " ORDER BY recipient_id NULLS FIRST",
+        tid,
     )
-    assert [(r["kind"], r["new_status"]) for r in outbox] == [("escalation", "escalated")]
+    # the citizen's escalation notice, and the manager's staff alert (issue 12)
+    assert [(r["kind"], r["new_status"], r["recipient_id"]) for r in outbox] == [
+        ("escalation", "escalated", None),
+        ("staff_escalation", "escalated", manager),
+    ]
     event = await conn.fetchrow("SELECT * FROM sla_daemon.events WHERE kind = 'escalation'")
     assert event["ticket_id"] == tid and event["deadline_kind"] == "response"
     # once escalated it is no longer live: a second call does nothing

@@ -61,8 +61,10 @@ async def test_daemon_runs_with_only_the_readme_grants(conn: asyncpg.Connection,
         )
         other = await f.ticket(conn, mid, user_id=citizen)
         async with FakeTwilio() as fake, running(daemon_settings(as_user(dsn, role, "pw"), fake)):
-            await fake.wait_for(1)  # the escalation notice
+            await fake.wait_for(2)  # the escalation notice, the manager's staff alert
             await conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", other)
-            await fake.wait_for(2)
-            assert await wait_until_finished(conn) == Counter({"sent": 2})
+            await fake.wait_for(3)
+            assert await wait_until_finished(conn) == Counter({"sent": 3})
+        # the staff alert too needs no more than the README's grants (issue 12)
+        assert [m.to for m in fake.messages].count("whatsapp:+27830000000") == 1
         assert await conn.fetchval("SELECT count(*) FROM tickets WHERE status = 'escalated'") == 1

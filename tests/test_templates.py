@@ -61,7 +61,7 @@ async def test_push_creates_them_through_the_content_api_and_prints_the_sids(
             await proc.wait()
     assert proc.returncode == 0, err.decode()
     sids = json.loads(out)
-    assert set(sids) == set(template_keys(CATALOG, neutral=True))
+    assert set(sids) == set(template_keys(CATALOG, neutral=True, staff_warning=True))
     assert sorted(sids.values()) == sorted(str(c["sid"]) for c in fake.contents)
     assert {sid for sid, _ in fake.approvals} == set(sids.values())
     assert all(body["category"] == "UTILITY" for _, body in fake.approvals)
