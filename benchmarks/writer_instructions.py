@@ -8,13 +8,14 @@ valgrind's callgrind, fed ``--updates`` prepared status UPDATEs (one transaction
 each, the same open <-> in_progress flips as pgbench's script), and the instructions of
 a short warm-up run are subtracted.
 
-A single-user backend has no daemon beside it, so the wake-up try-lock always succeeds
-and the wake-up flag is read on every change: the figure for sla-daemon is the path of
-a sleeping daemon, dearer than the usual one (an awake daemon makes the try fail at
-once). Compare variants of one run, and read ratios to ``a`` as a floor of the TPS
-ratio: pgbench's client, the socket and the kernel add cost to every variant alike.
+A single-user backend has no daemon beside it: by default the wake-up hint says no
+daemon is awake, so every change tries the wake-up lock (which it gets) and reads the
+wake-up flag, the dearest path. ``--awake`` sets the hint as an awake daemon does
+(``sla_daemon.outbox_hint`` = 1), the usual path. Compare variants of one run, and read
+ratios to ``a`` as a floor of the TPS ratio: pgbench's client, the socket and the
+kernel add cost to every variant alike, and contention between writers is not counted.
 
-    python -m benchmarks.writer_instructions [--updates 1000] [--patch NAME=FILE]
+    python -m benchmarks.writer_instructions [--updates 1000] [--awake] [--patch NAME=FILE]
 
 Needs ``valgrind``. Progress goes to stderr, one JSON document to stdout.
 """
@@ -52,8 +53,11 @@ PREPARE = (
 )
 
 
-def script(updates: int, tickets: int) -> str:
-    lines = [PREPARE]
+AWAKE = "SELECT pg_catalog.setval('sla_daemon.outbox_hint', 1)"
+
+
+def script(updates: int, tickets: int, awake: bool) -> str:
+    lines = [AWAKE, PREPARE] if awake else [PREPARE]
     lines += [f"EXECUTE flip('{1 + (i * 7919) % tickets}')" for i in range(updates)]
     return "\n".join(lines) + "\n"
 
@@ -105,7 +109,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             totals = []
             for n in (WARM_UP, WARM_UP + args.updates):
                 sql = root / f"{v.name}-{n}.sql"
-                sql.write_text(script(n, args.tickets), encoding="utf-8")
+                sql.write_text(
+                    script(n, args.tickets, args.awake and v.sla_daemon), encoding="utf-8"
+                )
                 out = root / f"{v.name}-{n}.callgrind"
                 os.chown(root, owner, -1)
                 totals.append(instructions(postgres, data, v, sql, out))
@@ -117,7 +123,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "writer_instructions",
         "workload": "prepared UPDATE tickets SET status = open<->in_progress, one per transaction",
-        "config": {"updates": args.updates, "tickets": args.tickets, "warm_up": WARM_UP},
+        "config": {
+            "updates": args.updates,
+            "tickets": args.tickets,
+            "warm_up": WARM_UP,
+            "awake": args.awake,
+        },
         "variants": {v.name: v.description for v in variants},
         "instructions_per_update": {k: round(x) for k, x in per_update.items()},
         "ratios": {f"{k}/a": round(base / x, 3) for k, x in per_update.items() if k != "a"},
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--updates", type=int, default=1000, help="measured UPDATEs per variant")
     p.add_argument("--tickets", type=int, default=10_000, help="tickets in each database")
     p.add_argument("--patch", action="append", default=[], metavar="NAME=FILE")
+    p.add_argument("--awake", action="store_true", help="the wake-up hint says a daemon is awake")
     args = p.parse_args(argv)
     if args.updates < 1 or args.tickets < 1:
         p.error("--updates and --tickets must be positive")

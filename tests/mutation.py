@@ -412,6 +412,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "        END IF;\n    END IF;\n    RETURN NULL;",
         ("tests/test_wakeups.py",),
     ),
+    Mutant(
+        "hint-asleep",
+        "the wake-up hint says 'asleep' before a daemon drops its awake mark",
+        M16,
+        "BEGIN\n    PERFORM setval('sla_daemon.outbox_hint', 2);\n",
+        "BEGIN\n",
+        ("tests/test_wakeups.py",),
+    ),
     # --- the boundary ---------------------------------------------------------------
     Mutant(
         "pinned-search-path",

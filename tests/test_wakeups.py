@@ -168,3 +168,40 @@ async def test_an_older_row_taken_in_late_is_superseded(conn: asyncpg.Connection
     )
     assert row is not None
     assert (row["state"], row["superseded_by"]) == ("superseded", newer)
+
+
+async def test_the_hint_follows_the_awake_mark(
+    conn: asyncpg.Connection, dsn: str, wakeups: Wakeups
+) -> None:
+    # Writers read a hint (a sequence) before trying the wake-up lock: 1 while a daemon
+    # holds the awake mark, 2 from before it drops the mark. A daemon that died while
+    # awake leaves 1: writers then send no wake-up until a daemon marks itself again.
+    hint = "SELECT last_value FROM sla_daemon.outbox_hint"
+    tid = await f.ticket(conn, await f.municipality(conn))
+    assert await conn.fetchval(hint) == 2
+    daemon = await asyncpg.connect(dsn)
+    try:
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
+        assert await conn.fetchval(hint) == 1
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_release()") is True
+        assert await conn.fetchval(hint) == 2
+        await daemon.execute("SELECT sla_daemon.outbox_sleep()")
+        await flip(conn, tid, 1)
+        assert await wakeups.count_after(conn) == 1
+        # died awake: the lock goes with the session, the hint stays
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
+        await daemon.execute("SELECT sla_daemon.outbox_sleep()")
+    finally:
+        await daemon.close()
+    assert await conn.fetchval(hint) == 1
+    await flip(conn, tid, 2)
+    assert await wakeups.count_after(conn) == 0
+    # the next daemon to mark itself awake and asleep restores it
+    again = await asyncpg.connect(dsn)
+    try:
+        assert await again.fetchval("SELECT sla_daemon.outbox_awake()") is True
+        assert await again.fetchval("SELECT sla_daemon.outbox_release()") is True
+    finally:
+        await again.close()
+    await flip(conn, tid, 1)
+    assert await wakeups.count_after(conn) == 1
