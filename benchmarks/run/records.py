@@ -65,13 +65,19 @@ def reconcile(
     received: Iterable[tuple[float, str, str]],
     expected: Expected,
     only: set[str] | None = None,
+    staff: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[tuple[str, str], float]]:
     """Counts, and each expected key's first arrival time; ``only``: the tracking
-    numbers whose messages must have arrived (default: all expected)."""
+    numbers whose messages must have arrived (default: all expected); ``staff``: the
+    WhatsApp addresses of staff, whose alerts are counted apart."""
     counts: Counter[tuple[str, str]] = Counter()
     first: dict[tuple[str, str], float] = {}
     unexpected = 0
-    for t, _to, body in received:
+    staff_alerts: Counter[str] = Counter()
+    for t, to, body in received:
+        if to in staff:
+            staff_alerts[body] += 1
+            continue
         key = expected.bodies.get(body)
         if key is None:
             unexpected += 1
@@ -89,6 +95,8 @@ def reconcile(
             "missing": len(keys - counts.keys()),
             "duplicates": sum(c - 1 for c in counts.values() if c > 1),
             "unexpected": unexpected,
+            "staff_alerts": sum(staff_alerts.values()),
+            "staff_alert_duplicates": sum(c - 1 for c in staff_alerts.values() if c > 1),
         },
         first,
     )

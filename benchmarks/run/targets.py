@@ -86,6 +86,7 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
     for name in ("escalation", "sweep"):
         lost += get(name, "notices", "lost") or 0
         dup += get(name, "notices", "duplicates") or 0
+        dup += get(name, "notices", "staff_alert_duplicates") or 0
     if any(n in parts for n in ("latency", "backlog", "live", "escalation", "sweep")):
         check("lost_messages", lost, "<=", 0, "")
         check("duplicate_messages", dup, "<=", 0, "")
