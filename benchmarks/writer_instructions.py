@@ -62,7 +62,7 @@ def script(updates: int, tickets: int, awake: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def instructions(postgres: str, data: Path, v: Variant, sql: Path, out: Path) -> int:
+def instructions(postgres: str, data: Path, owner: str, v: Variant, sql: Path, out: Path) -> int:
     """Callgrind's instruction total for a single-user backend running ``sql``."""
     cmd = [
         "valgrind",
@@ -74,7 +74,6 @@ def instructions(postgres: str, data: Path, v: Variant, sql: Path, out: Path) ->
         str(data),
         v.database,
     ]
-    owner = pwd.getpwuid(data.stat().st_uid).pw_name
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as the data's owner
         cmd = ["runuser", "-u", owner, "--", *cmd]
     with sql.open(encoding="utf-8") as stdin:
@@ -103,7 +102,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             pg.stop()  # keeps the data: the single-user runs below use it
         postgres = str(Path(find_pgbench()).parent / "postgres")
-        owner = data.stat().st_uid
+        # callgrind writes its output beside the scripts, as the data's owner
+        os.chown(root, data.stat().st_uid, -1)
+        owner = pwd.getpwuid(data.stat().st_uid).pw_name
         per_update: dict[str, float] = {}
         for v in variants:
             totals = []
@@ -113,8 +114,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     script(n, args.tickets, args.awake and v.sla_daemon), encoding="utf-8"
                 )
                 out = root / f"{v.name}-{n}.callgrind"
-                os.chown(root, owner, -1)
-                totals.append(instructions(postgres, data, v, sql, out))
+                totals.append(instructions(postgres, data, owner, v, sql, out))
             per_update[v.name] = (totals[1] - totals[0]) / args.updates
             log(f"{v.name}: {per_update[v.name]:,.0f} instructions per status UPDATE")
     finally:

@@ -26,7 +26,7 @@ import asyncpg
 from .db import DB_ERRORS, QUERIES
 from .metrics import Metrics
 from .sla import BreachedTicket
-from .staff import SKIPPED
+from .staff import skip_reason
 
 __all__ = ["EscalationResult", "EscalationService", "LevelResult"]
 
@@ -101,11 +101,11 @@ class EscalationService:
             )
         elif result.escalated:
             log.info("ticket %s escalated (%s breach)", result.tracking_number, result.breach_type)
-        if result.staff_alert in SKIPPED:
+        if why := skip_reason(result.staff_alert):
             log.warning(
                 "ticket %s escalated to its team manager, but no staff alert: %s",
                 result.tracking_number,
-                SKIPPED[result.staff_alert or ""],
+                why,
             )
 
     async def escalate_ticket(self, ticket_id: UUID, reason: str | None = None) -> bool:
@@ -263,12 +263,12 @@ class EscalationService:
                     r.level,
                     r.overdue_hours or 0.0,
                 )
-                if r.staff_alert in SKIPPED:
+                if why := skip_reason(r.staff_alert):
                     log.warning(
                         "ticket %s: no staff alert for level %d: %s",
                         r.tracking_number,
                         r.level,
-                        SKIPPED[r.staff_alert or ""],
+                        why,
                     )
         return results
 

@@ -31,6 +31,7 @@ __all__ = [
     "format_deadline",
     "format_overdue",
     "is_staff",
+    "skip_reason",
     "values_for",
 ]
 
@@ -45,6 +46,11 @@ SKIPPED: Mapping[str, str] = {
     "sensitive": "the ticket is sensitive",
     "moot": "the ticket is no longer live",
 }
+
+
+def skip_reason(outcome: str | None) -> str | None:
+    """Why no alert was queued, for a log line; None when one was (or none was asked)."""
+    return SKIPPED.get(outcome or "")
 
 
 def is_staff(row: OutboxRow) -> bool:

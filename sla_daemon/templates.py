@@ -23,7 +23,7 @@ from twilio.rest.content.v1.content import ContentList
 from twilio.rest.content.v1.content.approval_create import ApprovalCreateList
 
 from .config import Settings
-from .messages import STATUSES, VARIABLE_ORDER, MessageCatalog
+from .messages import STAFF_TEXTS, STATUSES, VARIABLE_ORDER, MessageCatalog
 
 __all__ = ["Definition", "definitions", "push", "template_keys"]
 
@@ -83,7 +83,7 @@ def definitions(catalog: MessageCatalog) -> list[Definition]:
     out = []
     for key in template_keys(catalog, neutral=True, staff_warning=True):
         kind, lang = key.split(":")
-        if kind.startswith("staff_"):
+        if kind in STAFF_TEXTS:
             out.append(_staff_definition(catalog, kind, lang))
             continue
         text_key = {

@@ -24,7 +24,7 @@ from .db import QUERIES
 from .escalation import EscalationService
 from .metrics import Metrics
 from .sla import SLAService
-from .staff import SKIPPED
+from .staff import skip_reason
 
 __all__ = ["PassResult", "SLATimer", "check_sla_breaches"]
 
@@ -74,12 +74,8 @@ async def check_sla_breaches(
             w.deadline_kind,
             w.deadline.isoformat(timespec="seconds"),
         )
-        if w.staff_alert in SKIPPED:
-            log.warning(
-                "SLA warning for ticket %s: no staff alert: %s",
-                w.tracking_number,
-                SKIPPED[w.staff_alert or ""],
-            )
+        if why := skip_reason(w.staff_alert):
+            log.warning("SLA warning for ticket %s: no staff alert: %s", w.tracking_number, why)
     if metrics is not None:
         for r in escalated:
             metrics.escalations.labels(r.breach_type or "unknown").inc()
