@@ -16,6 +16,7 @@ ratios to ``a`` as a floor of the TPS ratio: pgbench's client, the socket and th
 kernel add cost to every variant alike, and contention between writers is not counted.
 
     python -m benchmarks.writer_instructions [--updates 1000] [--awake] [--patch NAME=FILE]
+        [--keep DIR]   (then: callgrind_annotate --inclusive=yes DIR/b-1200.callgrind)
 
 Needs ``valgrind``. Progress goes to stderr, one JSON document to stdout.
 """
@@ -116,6 +117,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 out = root / f"{v.name}-{n}.callgrind"
                 totals.append(instructions(postgres, data, owner, v, sql, out))
             per_update[v.name] = (totals[1] - totals[0]) / args.updates
+            if args.keep is not None:  # for callgrind_annotate --inclusive=yes
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for n in (WARM_UP, WARM_UP + args.updates):
+                    shutil.copy(root / f"{v.name}-{n}.callgrind", args.keep)
             log(f"{v.name}: {per_update[v.name]:,.0f} instructions per status UPDATE")
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -145,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tickets", type=int, default=10_000, help="tickets in each database")
     p.add_argument("--patch", action="append", default=[], metavar="NAME=FILE")
     p.add_argument("--awake", action="store_true", help="the wake-up hint says a daemon is awake")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy the callgrind files here (NAME-UPDATES.callgrind), to see where the cost goes",
+    )
     args = p.parse_args(argv)
     if args.updates < 1 or args.tickets < 1:
         p.error("--updates and --tickets must be positive")

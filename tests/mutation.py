@@ -59,6 +59,8 @@ M15 = "sql/migrations/0015_staff_alerts.sql"
 STAFF = "tests/test_staff_alerts.py"
 #: 0016 restates the status trigger (the writers' path) and the deadline triggers
 M16 = "sql/migrations/0016_writer_path.sql"
+#: 0017 restates the status trigger (one test fewer on the usual change, a daemon awake)
+M17 = "sql/migrations/0017_usual_change.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
@@ -116,7 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "new-cycle",
         "a ticket that re-enters open/in_progress starts a new SLA cycle, not its old deadlines",
-        M16,
+        M17,
         "            PERFORM sla_daemon.start_cycle(NEW.id);",
         "            PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);",
         ("tests/test_sla.py", "tests/test_faults.py"),
@@ -404,12 +406,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "wakeup-notify",
         "a status change wakes a sleeping sender at once",
-        M16,
+        M17,
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
         "            PERFORM pg_notify('sla_daemon_outbox', '');\n        END IF;\n    END IF;\n"
         "    RETURN NULL;",
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
         "        END IF;\n    END IF;\n    RETURN NULL;",
+        ("tests/test_wakeups.py",),
+    ),
+    Mutant(
+        "usual-change-awake-only",
+        "the usual change skips the wake-up only while the hint says a daemon is awake",
+        M17,
+        "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed')\n"
+        "       AND pg_sequence_last_value('sla_daemon.outbox_hint') = 1 THEN",
+        "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed') THEN",
         ("tests/test_wakeups.py",),
     ),
     Mutant(
@@ -424,7 +435,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "pinned-search-path",
         "the status trigger runs with a pinned search_path, so a writer's pg_temp type never runs",
-        M16,
+        M17,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -434,7 +445,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "writers-need-no-grant",
         "writers need no grant on the daemon's schema (the trigger runs as its owner)",
-        M16,
+        M17,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -444,7 +455,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-mark",
         "only the daemon's escalation is notified as one; a writer's SET cannot forge it",
-        M16,
+        M17,
         "        IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m"
         " WHERE m.ticket_id = NEW.id) THEN",
         "        IF true THEN",
