@@ -24,3 +24,18 @@ def test_the_insert_rate_target_is_the_lowest_ratio() -> None:
     }
     failed = targets({"parts": {"insert_rate": {"error": "exit code 1"}}})
     assert failed["insert_rate_business_hours_vs_24_7"]["met"] is None
+
+
+def test_a_latency_miss_while_the_load_generator_lagged_is_flagged_not_hidden() -> None:
+    """A machine stall shows in the writers' own start lag: the latency targets say so
+    (the miss stays a miss), so a reader knows to rerun rather than to hunt a regression."""
+    stalled = {
+        "latency_commit_to_fake": {"p50_ms": 1.9, "p99_ms": 19.9},
+        "writer_start_lag": {"p99_ms": 117.6},
+    }
+    got = targets({"parts": {"latency": stalled}})
+    assert got["latency_p99"]["met"] is False
+    assert got["latency_p99"]["load_generator_lag_p99_ms"] == 117.6
+    assert got["latency_p99"]["machine_stalled"] is True
+    steady = {**stalled, "writer_start_lag": {"p99_ms": 1.0}}
+    assert targets({"parts": {"latency": steady}})["latency_p99"]["machine_stalled"] is False

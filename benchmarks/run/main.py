@@ -185,5 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     missed = [k for k, v in doc["targets"].items() if v["met"] is False]
+    stalled = [k for k in missed if doc["targets"][k].get("machine_stalled")]
+    if stalled:
+        lag = doc["targets"][stalled[0]]["load_generator_lag_p99_ms"]
+        log(
+            f"{', '.join(stalled)}: the load generator itself ran {lag:g} ms late at p99,"
+            " so the machine stalled during that part; rerun it (--only latency)"
+        )
     log(f"done in {doc['wall_seconds']:.0f}s; targets missed: {', '.join(missed) or 'none'}")
     return 0
