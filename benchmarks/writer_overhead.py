@@ -205,6 +205,7 @@ class Listener:
         self.drain_s = drain_s
         self.counts: Counter[str] = Counter()
         self.sleeps = 0
+        self.marks_failed = 0  # woken, but outbox_awake() could not take the lock
         self._woken = asyncio.Event()
         self._listen: asyncpg.Connection | None = None
         self._work: asyncpg.Connection | None = None
@@ -233,6 +234,7 @@ class Listener:
             # The daemon's protocol (migration 0005): mark awake on the connection
             # that stays; when idle, set the flag, then drop the mark.
             awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
+            self.marks_failed += not awake
             await self._work.fetchval(PEEK_SQL)
             if self.drain_s > 0:
                 await asyncio.sleep(self.drain_s)
@@ -408,6 +410,7 @@ async def one_run(
         "failed": result.failed,
         "notifications": dict(listener.counts),
         "daemon_sleeps": listener.sleeps,
+        "marks_failed": listener.marks_failed,
         "outbox_rows": outbox,
         "server_cpu_us_per_txn": round(1e6 * (cpu1[0] - cpu0[0]) / done, 1),
         "pgbench_cpu_us_per_txn": round(1e6 * (cpu1[1] - cpu0[1]) / done, 1),
@@ -459,6 +462,7 @@ def summarise(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, 
                     "server_cpu_us_per_txn": [r["server_cpu_us_per_txn"] for r in mine],
                     "notifications": [sum(r["notifications"].values()) for r in mine],
                     "daemon_sleeps": [r["daemon_sleeps"] for r in mine],
+                    "marks_failed": [r["marks_failed"] for r in mine],
                     "hot_update_pct": [r["hot_update_pct"] for r in mine],
                 }
         base = tps[key].get("a")
@@ -535,7 +539,8 @@ async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
                     log(
                         f"clients={clients:<3} rep={rep} {v.name}: {run['tps']:>9.1f} tps"
                         f"  lat {run['latency_ms']:.2f} ms  notifications {run['notifications']}"
-                        f"  sleeps {run['daemon_sleeps']}  HOT {run['hot_update_pct']}%"
+                        f"  sleeps {run['daemon_sleeps']} (marks failed {run['marks_failed']})"
+                        f"  HOT {run['hot_update_pct']}%"
                         f"  cpu/txn {cpu_txn} us"
                         f"  failed {run['failed']}  load {run['loadavg_before']}"
                     )

@@ -72,6 +72,12 @@ def set_keepalive(sock: socket.socket | None) -> bool:
     return True
 
 
+#: After a failed try to mark the sender awake (a writer's transaction held the
+#: wake-up lock past outbox_awake's lock_timeout), claims go on unmarked this long
+#: before the next try, so such a writer costs claims at most a fifth of their time.
+MARK_RETRY_SECONDS = 0.25
+
+
 class Listener:
     def __init__(
         self,
@@ -82,6 +88,7 @@ class Listener:
         health_timeout: float = 2.0,
         reconnect_max: float = 3.0,
         on_reconnect: Callable[[], None] | None = None,
+        mark_retry: float = MARK_RETRY_SECONDS,
     ) -> None:
         self._dsn = dsn
         self._channels = channels
@@ -93,6 +100,8 @@ class Listener:
         self._lost = asyncio.Event()
         self._ops = asyncio.Lock()  # one query at a time on the connection
         self._awake = False
+        self._mark_retry = mark_retry
+        self._unmarked_until = 0.0  # monotonic: no new try to mark awake before this
         self._lost_since: float | None = None  # monotonic start of an outage
         self.healthy = False
         self.backend_pid: int | None = None
@@ -207,8 +216,9 @@ class Listener:
     async def mark_awake(self) -> None:
         """Tell writers the sender is awake, so their triggers skip the wake-up flag.
 
-        A no-op while marked. Marking fails only while a writer that is waking the
-        sender holds the lock; the next call tries again."""
+        A no-op while marked. Marking waits briefly for a writer that holds the
+        wake-up lock (outbox_awake's lock_timeout) and fails only when that writer's
+        transaction outlasts it; then calls are no-ops for ``mark_retry`` seconds."""
         await self._set_awake(True)
 
     async def mark_asleep(self) -> None:
@@ -218,6 +228,8 @@ class Listener:
     async def _set_awake(self, awake: bool) -> None:
         conn = self._conn
         if conn is None or conn.is_closed() or self._awake == awake:
+            return
+        if awake and time.monotonic() < self._unmarked_until:
             return
         query = QUERIES["outbox_awake" if awake else "outbox_release"]
         try:
@@ -236,6 +248,8 @@ class Listener:
             return
         if conn is self._conn:
             self._awake = awake and bool(done)
+            if awake and not done:
+                self._unmarked_until = time.monotonic() + self._mark_retry
 
     async def close(self) -> None:
         self.healthy = False

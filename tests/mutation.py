@@ -60,7 +60,8 @@ STAFF = "tests/test_staff_alerts.py"
 #: 0016 restates the status trigger (the writers' path) and the deadline triggers
 M16 = "sql/migrations/0016_writer_path.sql"
 #: 0017 restates the status trigger (one test fewer on the usual change, a daemon awake)
-M17 = "sql/migrations/0017_usual_change.sql"
+#: and the awake mark (a daemon queues for the wake-up lock, briefly)
+M17 = "sql/migrations/0017_writer_wakeups.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
@@ -421,6 +422,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed')\n"
         "       AND pg_sequence_last_value('sla_daemon.outbox_hint') = 1 THEN",
         "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed') THEN",
+        ("tests/test_wakeups.py",),
+    ),
+    Mutant(
+        "awake-queues",
+        "a daemon marks itself awake past writers that keep taking the wake-up lock",
+        M17,
+        "    PERFORM pg_advisory_lock_shared(5459011, 1);\n",
+        "    IF NOT pg_try_advisory_lock_shared(5459011, 1) THEN\n        RETURN false;\n"
+        "    END IF;\n",
+        ("tests/test_wakeups.py",),
+    ),
+    Mutant(
+        "awake-wait-bounded",
+        "a writer's long transaction delays the awake mark only briefly",
+        M17,
+        "SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS $$",
+        "SET search_path = pg_catalog, pg_temp AS $$",
+        ("tests/test_wakeups.py",),
+    ),
+    Mutant(
+        "mark-retry-spacing",
+        "after a failed awake mark, claims run unmarked a while before the next try",
+        "sla_daemon/listener.py",
+        "        if awake and time.monotonic() < self._unmarked_until:\n",
+        "        if False:\n",
         ("tests/test_wakeups.py",),
     ),
     Mutant(

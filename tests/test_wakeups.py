@@ -205,3 +205,107 @@ async def test_the_hint_follows_the_awake_mark(
         await again.close()
     await flip(conn, tid, 1)
     assert await wakeups.count_after(conn) == 1
+
+
+async def test_a_daemon_marks_itself_awake_past_a_writer_waking_it(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # While no daemon is marked, a writer's status change takes the wake-up lock for the
+    # rest of its transaction. At 32 writers one of them nearly always holds it, and a
+    # daemon that only tried the lock stayed unmarked (93 % of wake-ups in
+    # benchmarks.writer_overhead), leaving every writer on the dear path. The daemon now
+    # waits briefly for the lock, queued ahead of writers, whose tries then fail at once.
+    hint = "SELECT last_value FROM sla_daemon.outbox_hint"
+    m = await f.municipality(conn)
+    first, second = await f.ticket(conn, m), await f.ticket(conn, m)
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    waker = await asyncpg.connect(dsn)
+    daemon = await asyncpg.connect(dsn)
+    try:
+        tx = waker.transaction()
+        await tx.start()
+        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", first)
+        marking = asyncio.create_task(daemon.fetchval("SELECT sla_daemon.outbox_awake()"))
+
+        async def daemon_waits() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                    daemon.get_server_pid(),
+                )
+            )
+
+        await eventually(daemon_waits, timeout=5, interval=0.005, what="the daemon queued")
+        # another writer meanwhile: its try fails at once (the daemon is queued first)
+        await asyncio.wait_for(
+            conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", second), 5
+        )
+        await tx.commit()
+        assert await asyncio.wait_for(marking, 5) is True
+        assert await conn.fetchval(hint) == 1
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_release()") is True
+    finally:
+        await waker.close()
+        await daemon.close()
+
+
+async def test_a_writers_long_transaction_delays_the_awake_mark_only_briefly(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # A writer that keeps its transaction open after waking the sender holds the lock
+    # for as long: the daemon waits at most sla_daemon.outbox_awake's lock_timeout, then
+    # goes on unmarked (writers' tries fail against the holder meanwhile: no wake-ups).
+    tid = await f.ticket(conn, await f.municipality(conn))
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    waker = await asyncpg.connect(dsn)
+    daemon = await asyncpg.connect(dsn)
+    try:
+        tx = waker.transaction()
+        await tx.start()
+        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        awake = await asyncio.wait_for(daemon.fetchval("SELECT sla_daemon.outbox_awake()"), 5)
+        assert awake is False
+        assert loop.time() - started < 2  # the bound is 50 ms; generous for a busy CI
+        assert await daemon.fetchval("SELECT last_value FROM sla_daemon.outbox_hint") == 2
+        await tx.rollback()
+        assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
+    finally:
+        await waker.close()
+        await daemon.close()
+
+
+async def test_after_a_failed_mark_the_listener_waits_before_trying_again(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # The sender marks itself before every claim; while a writer's open transaction
+    # holds the wake-up lock each try waits out outbox_awake's lock_timeout, so after a
+    # failed try the listener lets claims run unmarked for mark_retry seconds.
+    tid = await f.ticket(conn, await f.municipality(conn))
+    await conn.execute("SELECT sla_daemon.outbox_sleep()")
+    listener = Listener(dsn, {CHANNEL: asyncio.Event()}, health_timeout=2, mark_retry=60)
+    await listener.connect()
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
+        " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
+    )
+    waker = await asyncpg.connect(dsn)
+    try:
+        tx = waker.transaction()
+        await tx.start()
+        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
+        await listener.mark_awake()  # waits out the bound, fails
+        await tx.commit()  # the lock is free now, but the listener does not ask yet
+        await listener.mark_awake()
+        assert await conn.fetchval(held, listener.backend_pid) == 0
+    finally:
+        await waker.close()
+        await listener.close()
+    again = Listener(dsn, {CHANNEL: asyncio.Event()}, health_timeout=2, mark_retry=0)
+    await again.connect()
+    try:
+        await again.mark_awake()
+        assert await conn.fetchval(held, again.backend_pid) == 1
+    finally:
+        await again.close()

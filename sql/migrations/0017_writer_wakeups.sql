@@ -1,4 +1,7 @@
--- The writers' path, one expression cheaper (issue 10, item 7). PL/pgSQL sets up every
+-- The writers' path (issue 10, item 7: status updates at >= 0.7x of the rate without
+-- sla-daemon at 32 clients, benchmarks/writer_overhead.py), twice.
+--
+-- 1. One expression cheaper. PL/pgSQL sets up every
 -- expression it evaluates again in each transaction, and a status UPDATE is usually a
 -- transaction of its own, so each IF costs a writer its set-up, not just its test.
 -- The usual change (from open or in_progress to open, in_progress, resolved or closed)
@@ -67,5 +70,26 @@ BEGIN
         END IF;
     END IF;
     RETURN NULL;
+END
+$$;
+
+-- 2. The awake mark, taken past writers. While no daemon is marked awake, each status
+--    change takes the wake-up lock for the rest of its transaction (to wake the sender
+--    once); at 32 writers one of them nearly always holds it, so a daemon that only
+--    tried the lock mostly failed to mark itself (575 of 621 wake-ups in one run of
+--    benchmarks.writer_overhead), leaving every writer on the dear path (the lock, the
+--    flag read) until its next try. outbox_awake() now waits for the lock, at most
+--    lock_timeout: a waiting request is queued ahead of later ones, so writers' tries
+--    fail at once meanwhile (as they would against the mark) and the daemon gets the
+--    lock when the holder commits, a commit's time. A writer whose transaction stays
+--    open holds it longer: then the daemon goes on unmarked after 50 ms, as before.
+CREATE OR REPLACE FUNCTION sla_daemon.outbox_awake() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS $$
+BEGIN
+    PERFORM pg_advisory_lock_shared(5459011, 1);
+    PERFORM setval('sla_daemon.outbox_hint', 1);
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
 END
 $$;
