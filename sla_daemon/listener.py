@@ -102,6 +102,7 @@ class Listener:
         self._awake = False
         self._mark_retry = mark_retry
         self._unmarked_until = 0.0  # monotonic: no new try to mark awake before this
+        self._marking: asyncio.Task[None] | None = None  # mark_awake_soon()'s try
         self._lost_since: float | None = None  # monotonic start of an outage
         self.healthy = False
         self.backend_pid: int | None = None
@@ -221,8 +222,18 @@ class Listener:
         transaction outlasts it; then calls are no-ops for ``mark_retry`` seconds."""
         await self._set_awake(True)
 
+    def mark_awake_soon(self) -> None:
+        """mark_awake() in the background, so a claim need not wait for the lock."""
+        if self._awake or time.monotonic() < self._unmarked_until:
+            return
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self.mark_awake())
+
     async def mark_asleep(self) -> None:
-        """Drop the awake mark; call after the wake-up flag is set."""
+        """Drop the awake mark; call after the wake-up flag is set. A try to mark
+        awake still under way ends first, so the mark is never left behind."""
+        if self._marking is not None:
+            await self._marking
         await self._set_awake(False)
 
     async def _set_awake(self, awake: bool) -> None:
@@ -253,6 +264,10 @@ class Listener:
 
     async def close(self) -> None:
         self.healthy = False
+        if self._marking is not None and not self._marking.done():
+            self._marking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._marking
         await self._close_quietly()
 
     async def _close_quietly(self) -> None:

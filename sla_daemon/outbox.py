@@ -95,7 +95,7 @@ class _Outcome:
 class AwakeMark(Protocol):
     """Where writers look to see that the sender is awake (the daemon's Listener)."""
 
-    async def mark_awake(self) -> None: ...
+    def mark_awake_soon(self) -> None: ...
 
     async def mark_asleep(self) -> None: ...
 
@@ -213,7 +213,7 @@ class OutboxProcessor:
                 continue
             wake.clear()
             self._progress.clear()
-            await self._awake.mark_awake()
+            self._awake.mark_awake_soon()  # claims need not wait for it
             rows = await self._claim(room)
             if rows:
                 self._start(rows)

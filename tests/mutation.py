@@ -450,6 +450,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_wakeups.py",),
     ),
     Mutant(
+        "background-mark-ends-first",
+        "a background try to mark awake ends before the sender drops the mark to sleep",
+        "sla_daemon/listener.py",
+        "        if self._marking is not None:\n            await self._marking\n",
+        "",
+        ("tests/test_wakeups.py",),
+    ),
+    Mutant(
         "hint-asleep",
         "the wake-up hint says 'asleep' before a daemon drops its awake mark",
         M16,
