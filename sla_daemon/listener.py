@@ -74,7 +74,8 @@ def set_keepalive(sock: socket.socket | None) -> bool:
 
 #: After a failed try to mark the sender awake (a writer's transaction held the
 #: wake-up lock past outbox_awake's lock_timeout), claims go on unmarked this long
-#: before the next try, so such a writer costs claims at most a fifth of their time.
+#: before the next try, so such a writer keeps the LISTEN connection (whose health
+#: checks queue behind a try) waiting a fifth of the time at most.
 MARK_RETRY_SECONDS = 0.25
 
 
