@@ -8,11 +8,13 @@ that nothing else arrived: notifications are delivered in commit order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from sla_daemon.listener import Listener
 
@@ -20,6 +22,13 @@ from . import factories as f
 from .waiting import eventually
 
 CHANNEL = "sla_daemon_outbox"
+#: the wake-up hint writers read: 1 while a daemon is marked awake, 2 otherwise
+HINT = "SELECT last_value FROM sla_daemon.outbox_hint"
+#: whether the backend with pid $1 holds the sender's awake mark
+HELD = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
+    " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
+)
 
 
 class Wakeups:
@@ -55,6 +64,20 @@ async def flip(conn: asyncpg.Connection, tid: UUID, times: int) -> None:
         status = await conn.fetchval("SELECT status::text FROM tickets WHERE id = $1", tid)
         new = "in_progress" if status == "open" else "open"
         await conn.execute("UPDATE tickets SET status = $1 WHERE id = $2", new, tid)
+
+
+@contextlib.asynccontextmanager
+async def waking_writer(dsn: str, tid: UUID) -> AsyncIterator[Transaction]:
+    """A writer whose status change (no daemon marked) took the wake-up lock, held
+    until the caller commits or rolls back the transaction it is given."""
+    writer = await asyncpg.connect(dsn)
+    try:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
+        yield tx
+    finally:
+        await writer.close()
 
 
 async def test_one_wake_up_per_sleep(conn: asyncpg.Connection, wakeups: Wakeups) -> None:
@@ -106,30 +129,26 @@ async def test_listener_carries_the_awake_mark(
     stopping = asyncio.Event()
     await listener.connect()
     runner = asyncio.create_task(listener.run(stopping))
-    held = (
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
-        " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
-    )
     try:
         await conn.execute("SELECT sla_daemon.outbox_sleep()")
         await listener.mark_awake()
         await listener.mark_awake()  # idempotent: one mark, one release
-        assert await conn.fetchval(held, listener.backend_pid) == 1
+        assert await conn.fetchval(HELD, listener.backend_pid) == 1
         await flip(conn, tid, 2)
         assert await wakeups.count_after(conn) == 0
         await listener.mark_asleep()
-        assert await conn.fetchval(held, listener.backend_pid) == 0
+        assert await conn.fetchval(HELD, listener.backend_pid) == 0
         await flip(conn, tid, 1)
         await asyncio.wait_for(woken.wait(), 10)
 
         # A lost connection takes the mark with it; the new one starts unmarked.
         await listener.mark_awake()
         old_pid = listener.backend_pid
-        assert await conn.fetchval(held, old_pid) == 1
+        assert await conn.fetchval(HELD, old_pid) == 1
         await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
         await eventually(lambda: listener.healthy and listener.backend_pid != old_pid)
         await listener.mark_awake()
-        assert await conn.fetchval(held, listener.backend_pid) == 1
+        assert await conn.fetchval(HELD, listener.backend_pid) == 1
     finally:
         stopping.set()
         await asyncio.wait_for(runner, 10)
@@ -176,15 +195,14 @@ async def test_the_hint_follows_the_awake_mark(
     # Writers read a hint (a sequence) before trying the wake-up lock: 1 while a daemon
     # holds the awake mark, 2 from before it drops the mark. A daemon that died while
     # awake leaves 1: writers then send no wake-up until a daemon marks itself again.
-    hint = "SELECT last_value FROM sla_daemon.outbox_hint"
     tid = await f.ticket(conn, await f.municipality(conn))
-    assert await conn.fetchval(hint) == 2
+    assert await conn.fetchval(HINT) == 2
     daemon = await asyncpg.connect(dsn)
     try:
         assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
-        assert await conn.fetchval(hint) == 1
+        assert await conn.fetchval(HINT) == 1
         assert await daemon.fetchval("SELECT sla_daemon.outbox_release()") is True
-        assert await conn.fetchval(hint) == 2
+        assert await conn.fetchval(HINT) == 2
         await daemon.execute("SELECT sla_daemon.outbox_sleep()")
         await flip(conn, tid, 1)
         assert await wakeups.count_after(conn) == 1
@@ -193,7 +211,7 @@ async def test_the_hint_follows_the_awake_mark(
         await daemon.execute("SELECT sla_daemon.outbox_sleep()")
     finally:
         await daemon.close()
-    assert await conn.fetchval(hint) == 1
+    assert await conn.fetchval(HINT) == 1
     await flip(conn, tid, 2)
     assert await wakeups.count_after(conn) == 0
     # the next daemon to mark itself awake and asleep restores it
@@ -215,37 +233,33 @@ async def test_a_daemon_marks_itself_awake_past_a_writer_waking_it(
     # daemon that only tried the lock stayed unmarked (93 % of wake-ups in
     # benchmarks.writer_overhead), leaving every writer on the dear path. The daemon now
     # waits briefly for the lock, queued ahead of writers, whose tries then fail at once.
-    hint = "SELECT last_value FROM sla_daemon.outbox_hint"
     m = await f.municipality(conn)
     first, second = await f.ticket(conn, m), await f.ticket(conn, m)
     await conn.execute("SELECT sla_daemon.outbox_sleep()")
-    waker = await asyncpg.connect(dsn)
     daemon = await asyncpg.connect(dsn)
     try:
-        tx = waker.transaction()
-        await tx.start()
-        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", first)
-        marking = asyncio.create_task(daemon.fetchval("SELECT sla_daemon.outbox_awake()"))
+        async with waking_writer(dsn, first) as tx:
+            marking = asyncio.create_task(daemon.fetchval("SELECT sla_daemon.outbox_awake()"))
 
-        async def daemon_waits() -> bool:
-            return bool(
-                await conn.fetchval(
-                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
-                    daemon.get_server_pid(),
+            async def daemon_waits() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                        daemon.get_server_pid(),
+                    )
                 )
-            )
 
-        await eventually(daemon_waits, timeout=5, interval=0.005, what="the daemon queued")
-        # another writer meanwhile: its try fails at once (the daemon is queued first)
-        await asyncio.wait_for(
-            conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", second), 5
-        )
-        await tx.commit()
+            await eventually(daemon_waits, timeout=5, interval=0.005, what="the daemon queued")
+            # another writer meanwhile: its try fails at once (the daemon is queued first)
+            await asyncio.wait_for(
+                conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", second),
+                5,
+            )
+            await tx.commit()
         assert await asyncio.wait_for(marking, 5) is True
-        assert await conn.fetchval(hint) == 1
+        assert await conn.fetchval(HINT) == 1
         assert await daemon.fetchval("SELECT sla_daemon.outbox_release()") is True
     finally:
-        await waker.close()
         await daemon.close()
 
 
@@ -257,56 +271,44 @@ async def test_a_writers_long_transaction_delays_the_awake_mark_only_briefly(
     # goes on unmarked (writers' tries fail against the holder meanwhile: no wake-ups).
     tid = await f.ticket(conn, await f.municipality(conn))
     await conn.execute("SELECT sla_daemon.outbox_sleep()")
-    waker = await asyncpg.connect(dsn)
     daemon = await asyncpg.connect(dsn)
     try:
-        tx = waker.transaction()
-        await tx.start()
-        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        awake = await asyncio.wait_for(daemon.fetchval("SELECT sla_daemon.outbox_awake()"), 5)
-        assert awake is False
-        assert loop.time() - started < 2  # the bound is 50 ms; generous for a busy CI
-        assert await daemon.fetchval("SELECT last_value FROM sla_daemon.outbox_hint") == 2
-        await tx.rollback()
+        async with waking_writer(dsn, tid) as tx:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            awake = await asyncio.wait_for(daemon.fetchval("SELECT sla_daemon.outbox_awake()"), 5)
+            assert awake is False
+            assert loop.time() - started < 2  # the bound is 50 ms; generous for a busy CI
+            assert await daemon.fetchval(HINT) == 2
+            await tx.rollback()
         assert await daemon.fetchval("SELECT sla_daemon.outbox_awake()") is True
     finally:
-        await waker.close()
         await daemon.close()
 
 
 async def test_after_a_failed_mark_the_listener_waits_before_trying_again(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
-    # The sender marks itself before every claim; while a writer's open transaction
-    # holds the wake-up lock each try waits out outbox_awake's lock_timeout, so after a
-    # failed try the listener lets claims run unmarked for mark_retry seconds.
+    # The sender tries to mark itself (in the background) before every claim; while a
+    # writer's open transaction holds the wake-up lock each try waits out outbox_awake's
+    # lock_timeout, so after a failed try the listener waits mark_retry seconds.
     tid = await f.ticket(conn, await f.municipality(conn))
     await conn.execute("SELECT sla_daemon.outbox_sleep()")
     listener = Listener(dsn, {CHANNEL: asyncio.Event()}, health_timeout=2, mark_retry=60)
     await listener.connect()
-    held = (
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
-        " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
-    )
-    waker = await asyncpg.connect(dsn)
     try:
-        tx = waker.transaction()
-        await tx.start()
-        await waker.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", tid)
-        await listener.mark_awake()  # waits out the bound, fails
-        await tx.commit()  # the lock is free now, but the listener does not ask yet
+        async with waking_writer(dsn, tid) as tx:
+            await listener.mark_awake()  # waits out the bound, fails
+            await tx.commit()  # the lock is free now, but the listener does not ask yet
         await listener.mark_awake()
-        assert await conn.fetchval(held, listener.backend_pid) == 0
+        assert await conn.fetchval(HELD, listener.backend_pid) == 0
     finally:
-        await waker.close()
         await listener.close()
     again = Listener(dsn, {CHANNEL: asyncio.Event()}, health_timeout=2, mark_retry=0)
     await again.connect()
     try:
         await again.mark_awake()
-        assert await conn.fetchval(held, again.backend_pid) == 1
+        assert await conn.fetchval(HELD, again.backend_pid) == 1
     finally:
         await again.close()
 
@@ -316,24 +318,19 @@ async def test_a_mark_tried_in_the_background_is_never_left_behind(
 ) -> None:
     # The sender marks itself awake in the background (its claim does not wait for the
     # lock); going to sleep at once after must still leave no mark and the hint at 2.
-    hint = "SELECT last_value FROM sla_daemon.outbox_hint"
     listener = Listener(dsn, {CHANNEL: asyncio.Event()}, health_timeout=2)
     await listener.connect()
-    held = (
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1"
-        " AND classid = 5459011 AND objid = 1 AND mode = 'ShareLock' AND granted"
-    )
     try:
         listener.mark_awake_soon()
         await listener.mark_asleep()
         if listener._marking is not None:  # let a try left running (the bug) finish first
             await listener._marking
-        assert await conn.fetchval(held, listener.backend_pid) == 0
-        assert await conn.fetchval(hint) == 2
+        assert await conn.fetchval(HELD, listener.backend_pid) == 0
+        assert await conn.fetchval(HINT) == 2
         listener.mark_awake_soon()
-        await eventually(lambda: conn.fetchval(held, listener.backend_pid), what="marked")
-        assert await conn.fetchval(hint) == 1
+        await eventually(lambda: conn.fetchval(HELD, listener.backend_pid), what="marked")
+        assert await conn.fetchval(HINT) == 1
         await listener.mark_asleep()
-        assert await conn.fetchval(held, listener.backend_pid) == 0
+        assert await conn.fetchval(HELD, listener.backend_pid) == 0
     finally:
         await listener.close()
