@@ -57,11 +57,9 @@ M7 = "sql/migrations/0007_calendars.sql"
 #: record_warnings), which now queue staff alerts
 M15 = "sql/migrations/0015_staff_alerts.sql"
 STAFF = "tests/test_staff_alerts.py"
-#: 0016 restates the status trigger (the writers' path) and the deadline triggers
+#: 0016 restates the status trigger (the writers' path), the deadline triggers and the
+#: awake mark (a daemon queues briefly for the wake-up lock)
 M16 = "sql/migrations/0016_writer_path.sql"
-#: 0017 restates the status trigger (one test fewer on the usual change, a daemon awake)
-#: and the awake mark (a daemon queues for the wake-up lock, briefly)
-M17 = "sql/migrations/0017_writer_wakeups.sql"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- escalation: advisory lock and re-check ------------------------------------
@@ -119,7 +117,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "new-cycle",
         "a ticket that re-enters open/in_progress starts a new SLA cycle, not its old deadlines",
-        M17,
+        M16,
         "            PERFORM sla_daemon.start_cycle(NEW.id);",
         "            PERFORM sla_daemon.reschedule(ARRAY[NEW.id]);",
         ("tests/test_sla.py", "tests/test_faults.py"),
@@ -407,7 +405,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "wakeup-notify",
         "a status change wakes a sleeping sender at once",
-        M17,
+        M16,
         "            UPDATE sla_daemon.wakeups SET sleeping = false WHERE name = 'outbox';\n"
         "            PERFORM pg_notify('sla_daemon_outbox', '');\n        END IF;\n    END IF;\n"
         "    RETURN NULL;",
@@ -418,7 +416,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "usual-change-awake-only",
         "the usual change skips the wake-up only while the hint says a daemon is awake",
-        M17,
+        M16,
         "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed')\n"
         "       AND pg_sequence_last_value('sla_daemon.outbox_hint') = 1 THEN",
         "       AND NEW.status IN ('open', 'in_progress', 'resolved', 'closed') THEN",
@@ -427,7 +425,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "awake-queues",
         "a daemon marks itself awake past writers that keep taking the wake-up lock",
-        M17,
+        M16,
         "    PERFORM pg_advisory_lock_shared(5459011, 1);\n",
         "    IF NOT pg_try_advisory_lock_shared(5459011, 1) THEN\n        RETURN false;\n"
         "    END IF;\n",
@@ -436,7 +434,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "awake-wait-bounded",
         "a writer's long transaction delays the awake mark only briefly",
-        M17,
+        M16,
         "SET search_path = pg_catalog, pg_temp SET lock_timeout = '50ms' AS $$",
         "SET search_path = pg_catalog, pg_temp AS $$",
         ("tests/test_wakeups.py",),
@@ -469,7 +467,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "pinned-search-path",
         "the status trigger runs with a pinned search_path, so a writer's pg_temp type never runs",
-        M17,
+        M16,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -479,7 +477,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "writers-need-no-grant",
         "writers need no grant on the daemon's schema (the trigger runs as its owner)",
-        M17,
+        M16,
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
         "LANGUAGE plpgsql SECURITY DEFINER SET",
         "CREATE OR REPLACE FUNCTION sla_daemon.enqueue_status_change() RETURNS trigger\n"
@@ -489,7 +487,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "escalation-mark",
         "only the daemon's escalation is notified as one; a writer's SET cannot forge it",
-        M17,
+        M16,
         "        IF EXISTS (SELECT 1 FROM sla_daemon.escalation_marks m"
         " WHERE m.ticket_id = NEW.id) THEN",
         "        IF true THEN",

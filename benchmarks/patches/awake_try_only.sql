@@ -1,5 +1,6 @@
--- outbox_awake() before migration 0017 (it only tried the wake-up lock), for
--- python -m benchmarks.writer_overhead --patch tryawake=benchmarks/patches/before_0017_awake.sql
+-- outbox_awake() that only tries the wake-up lock (as before 0016 queued it past
+-- writers), for comparing against the current one:
+--   python -m benchmarks.writer_overhead --clients 32 --patch tryawake=benchmarks/patches/awake_try_only.sql
 CREATE OR REPLACE FUNCTION sla_daemon.outbox_awake() RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
