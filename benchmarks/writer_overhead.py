@@ -5,28 +5,41 @@ looked up by its tracking number (``B-<n>``). Variants, each in its own database
 one server, loaded with identical tickets:
 
   a  the platform's schema alone (migration 0001): no triggers, no sla-daemon indexes;
-  b  sla-daemon installed (all migrations);
+  b  sla-daemon installed (all migrations), its sender emulated as below;
   c  no sla-daemon, but a naive ``AFTER UPDATE FOR EACH ROW`` trigger that calls
      ``pg_notify('naive', NEW.id::text)``;
+  w  as b, but the emulated sender goes to sleep after every ``--drain-ms`` even with
+     work waiting (no real sender does): the writers' wake-up path as often as it can
+     run, about 50 times a second. A stress of that path, reported beside b;
+  d  (only with ``--real-daemon``) sla-daemon installed and the real daemon running,
+     sending to a fake Twilio. Both share this machine's CPUs with the server and
+     pgbench, so d's TPS does not measure the writers' path; d shows how often the
+     real daemon went to sleep (each time, the next status change woke it: one
+     notification);
   plus one variant per ``--patch NAME=FILE``: all migrations, then the SQL of FILE
   (to measure a proposed change to the triggers before it becomes a migration).
 
 During every run a separate session LISTENs on the daemon's channels and on 'naive',
-as a daemon would. Where sla-daemon is installed it also behaves like the daemon's
-sender: woken by a notification, it marks itself awake (``outbox_awake()``), looks
-for work, waits ``--drain-ms``, sets the wake-up flag (``outbox_sleep()``) and drops
-the mark, so the next status change must wake it again (the writers' wake path really
-runs, as often as a quick daemon would let it: a real one under this load would never
-be idle).
+as a daemon would. In b and w it also behaves like the daemon's sender
+(``sla_daemon/outbox.py``): woken by a notification, it marks itself awake
+(``outbox_awake()``) and looks for work; it "sends" for ``--drain-ms`` and looks again,
+for as long as each look finds new intake rows; only after a look finds none does it
+set the wake-up flag (``outbox_sleep()``), drop the mark and look once more, as the
+real sender goes to sleep only after a claim came back empty. Under pgbench's load
+that is rare: in variant d the real daemon went to sleep 0 or 1 times per run at 1,
+8 and 32 clients. So b measures the writers' usual path, as in production under load.
 
 Client counts are interleaved (for each count: every variant, ``--repeats`` times,
 alternating the order) and the median is reported. Before each run the outbox is
-truncated, the wake flag set to sleeping, ``tickets`` vacuumed and a CHECKPOINT taken.
+truncated, the wake flag set to sleeping, ``tickets`` vacuumed and a CHECKPOINT taken;
+autovacuum is off on this server, so it never cleans up after one variant while the
+next is measured.
 Ratios to variant a come three ways: of median TPS, median of per-round TPS ratios, and
 of CPU per transaction (server + pgbench, from /proc and getrusage), which stays
 meaningful when other work on a shared machine makes TPS jump.
 
-    python -m benchmarks.writer_overhead --seconds 10 --clients 1,8,32 [--fast]
+    python -m benchmarks.writer_overhead [--seconds 5 --repeats 4 --clients 1,8,32]
+        [--real-daemon] [--fast]
 
 Progress goes to stderr, one JSON document to stdout (and to ``--json FILE``).
 """
@@ -47,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +68,8 @@ from typing import Any
 import asyncpg
 
 from benchmarks.cpu import postgres_cpu
+from benchmarks.run.common import FROM_NUMBER, _child_env
+from benchmarks.run.processes import DaemonProcess, FakeTwilioProcess
 from sla_daemon.db import load_migrations, migrate
 from sla_daemon.embedded import (
     EmbeddedPostgres,
@@ -63,6 +78,7 @@ from sla_daemon.embedded import (
     process_alive,
     start_embedded,
 )
+from tests.fake_twilio import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 
 CHANNELS = ("sla_daemon_outbox", "sla_daemon_timer", "naive")
 MUNICIPALITY = "00000000-0000-4000-8000-00000000b001"
@@ -115,10 +131,9 @@ INSERT INTO public.tickets (id, tenant_id, tracking_number, user_id, category, s
     CROSS JOIN LATERAL (SELECT date_trunc('hour', now()) - (n % 600) * interval '1 minute') c(at);
 """
 
-# What a woken sender reads first: is there work? (Not the head of the queue in id
-# order: nothing drains this intake, and a prepared plan made while it was small
-# would sort all of it on every wake-up.)
-PEEK_SQL = """SELECT EXISTS (SELECT FROM sla_daemon.outbox_intake)"""
+# What the emulated sender's look for work reads: how far the intake's ids have gone
+# (nothing drains this intake, so its rows would not tell new work from old).
+PROGRESS_SQL = """SELECT pg_sequence_last_value('sla_daemon.outbox_intake_id_seq')"""
 
 
 def log(message: str) -> None:
@@ -131,21 +146,37 @@ class Variant:
     description: str
     sla_daemon: bool  # all migrations applied
     extra_sql: str = ""
+    cycles: bool = False  # the emulated sender sleeps after every --drain-ms (variant w)
+    real_daemon: bool = False  # the real daemon and a fake Twilio run (variant d)
 
     @property
     def database(self) -> str:
         return f"writer_overhead_{self.name}"
 
 
-def build_variants(patches: list[str]) -> list[Variant]:
+def build_variants(patches: list[str], real_daemon: bool = False) -> list[Variant]:
     variants = [
         Variant("a", "platform schema only, no triggers", sla_daemon=False),
         Variant("b", "sla-daemon installed (all migrations)", sla_daemon=True),
         Variant("c", "naive per-row pg_notify trigger", sla_daemon=False, extra_sql=NAIVE_SQL),
+        Variant(
+            "w",
+            "sla-daemon installed, its sender sleeping after every --drain-ms (wake-path stress)",
+            sla_daemon=True,
+            cycles=True,
+        ),
     ]
+    if real_daemon:
+        variants.append(
+            Variant("d", "sla-daemon installed, the real daemon sending", True, real_daemon=True)
+        )
     for spec in patches:
         name, sep, file = spec.partition("=")
-        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in {"a", "b", "c"}:
+        if (
+            not sep
+            or not re.fullmatch(r"[a-z][a-z0-9_]*", name)
+            or name in {"a", "b", "c", "w", "d"}
+        ):
             raise SystemExit(f"--patch wants NAME=FILE with a new lower-case NAME, got {spec!r}")
         sql = Path(file).read_text(encoding="utf-8")
         variants.append(Variant(name, f"sla-daemon + {file}", sla_daemon=True, extra_sql=sql))
@@ -199,10 +230,11 @@ async def create_variant_db(pg: EmbeddedPostgres, v: Variant, tickets: int) -> N
 class Listener:
     """A LISTENing session; where sla-daemon is installed, also its sleep/wake cycle."""
 
-    def __init__(self, dsn: str, *, daemon: bool, drain_s: float) -> None:
+    def __init__(self, dsn: str, *, daemon: bool, drain_s: float, cycles: bool = False) -> None:
         self.dsn = dsn
         self.daemon = daemon
         self.drain_s = drain_s
+        self.cycles = cycles
         self.counts: Counter[str] = Counter()
         self.sleeps = 0
         self.marks_failed = 0  # woken, but outbox_awake() could not take the lock
@@ -226,6 +258,10 @@ class Listener:
             await self._work.execute("SELECT sla_daemon.outbox_sleep()")
             self._task = asyncio.create_task(self._sender())
 
+    async def _look(self) -> int:
+        assert self._work is not None
+        return int(await self._work.fetchval(PROGRESS_SQL) or 0)
+
     async def _sender(self) -> None:
         assert self._work is not None
         while True:
@@ -235,13 +271,20 @@ class Listener:
             # that stays; when idle, set the flag, then drop the mark.
             awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
             self.marks_failed += not awake
-            await self._work.fetchval(PEEK_SQL)
-            if self.drain_s > 0:
-                await asyncio.sleep(self.drain_s)
-            await self._work.execute("SELECT sla_daemon.outbox_sleep()")
-            if awake:
-                await self._work.execute("SELECT sla_daemon.outbox_release()")
-            self.sleeps += 1
+            while True:
+                seen = await self._look()  # claim what is there
+                if self.drain_s > 0:
+                    await asyncio.sleep(self.drain_s)  # and send it
+                if self.cycles or await self._look() == seen:
+                    # idle (or variant w): as the real sender after an empty claim
+                    await self._work.execute("SELECT sla_daemon.outbox_sleep()")
+                    if awake:
+                        await self._work.execute("SELECT sla_daemon.outbox_release()")
+                    self.sleeps += 1
+                    if self.cycles or await self._look() == seen:
+                        break  # the look after dropping the mark found nothing either
+                    awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
+                    self.marks_failed += not awake
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -334,6 +377,24 @@ async def prepare_run(conn: asyncpg.Connection, v: Variant) -> None:
     await conn.execute("CHECKPOINT")
 
 
+def real_daemon(v: Variant, dsn: str, fake: FakeTwilioProcess | None) -> DaemonProcess:
+    """``sla-daemon run`` on variant d's database, sending to the fake Twilio."""
+    assert fake is not None, "variant d needs the fake Twilio"
+    env = _child_env(
+        {
+            "DATABASE_URL": dsn,
+            "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
+            "TWILIO_WHATSAPP_NUMBER": FROM_NUMBER,
+            "TWILIO_API_BASE_URL": fake.base_url,
+            "SLA_DAEMON_SEND_RATE_PER_SECOND": "100000",
+            "SLA_DAEMON_METRICS_ADDRESS": "127.0.0.1:0",
+            "SLA_DAEMON_WORKER_ID": f"writer-overhead-{v.name}",
+        }
+    )
+    return DaemonProcess(v.name, env, fake.workdir)
+
+
 def server_cpu_seconds(postmaster: int | None) -> float:
     """CPU the server has used (its reaped children too, e.g. pgbench's backends);
     NaN when the server is unknown or gone, rather than a misleading 0."""
@@ -375,6 +436,7 @@ async def one_run(
     clients: int,
     rep: int,
     args: Any,
+    fake: FakeTwilioProcess | None = None,
 ) -> dict[str, Any]:
     dsn = pg.dsn(v.database)
     load = os.getloadavg()[0]  # other work on the machine skews the numbers
@@ -382,16 +444,24 @@ async def one_run(
     try:
         await prepare_run(admin, v)
         before = await snapshot(admin, args.track_functions)
-        listener = Listener(dsn, daemon=v.sla_daemon, drain_s=args.drain_ms / 1000)
+        emulate = v.sla_daemon and not v.real_daemon
+        listener = Listener(dsn, daemon=emulate, drain_s=args.drain_ms / 1000, cycles=v.cycles)
+        daemon = real_daemon(v, dsn, fake) if v.real_daemon else None
         try:
             await listener.start()
+            if daemon is not None:
+                await daemon.start()
             cpu0 = server_cpu_seconds(pg.pid), children_cpu_seconds()
             result = await run_pgbench(pgbench, env, v.database, script, clients, args)
             # Late notifications arrive; backends exit, are reaped and flush their stats.
             await asyncio.sleep(0.5)
             cpu1 = server_cpu_seconds(pg.pid), children_cpu_seconds()
         finally:
+            if daemon is not None:
+                daemon.stop()
             await listener.stop()
+        if daemon is not None:  # each of its sleeps ended with a writer's notification
+            listener.sleeps = listener.counts["sla_daemon_outbox"]
         after = await snapshot(admin, args.track_functions)
         outbox = 0
         if v.sla_daemon:
@@ -494,8 +564,22 @@ def summarise(runs: list[dict[str, Any]], variants: list[Variant]) -> dict[str, 
     }
 
 
+@contextlib.contextmanager
+def fake_twilio(workdir: Path, wanted: bool) -> Iterator[FakeTwilioProcess | None]:
+    """The fake Twilio for variant d, stopped by PID however the benchmark ends."""
+    if not wanted:
+        yield None
+        return
+    fake = FakeTwilioProcess(workdir)
+    try:
+        fake.start()
+        yield fake
+    finally:
+        fake.stop()
+
+
 async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
-    variants = build_variants(args.patch)
+    variants = build_variants(args.patch, args.real_daemon)
     pgbench = find_pgbench()
     info = pg.server.get_postmaster_info()
     env = dict(os.environ)
@@ -526,14 +610,17 @@ async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
         log(f"creating database {v.database}: {v.description}")
         await create_variant_db(pg, v, args.tickets)
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="writer-overhead-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="writer-overhead-") as tmp,
+        fake_twilio(Path(tmp), args.real_daemon) as fake,
+    ):
         script = Path(tmp) / "status_update.sql"
         script.write_text(UPDATE_SCRIPT, encoding="utf-8")
         for clients in args.clients:
             for rep in range(args.repeats):
                 order = variants if rep % 2 == 0 else variants[::-1]
                 for v in order:
-                    run = await one_run(pg, pgbench, env, script, v, clients, rep, args)
+                    run = await one_run(pg, pgbench, env, script, v, clients, rep, args, fake)
                     runs.append(run)
                     cpu_txn = f"{run['server_cpu_us_per_txn']}+{run['pgbench_cpu_us_per_txn']}"
                     log(
@@ -556,6 +643,7 @@ async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
             "fast": args.fast,
             "protocol": args.protocol,
             "drain_ms": args.drain_ms,
+            "real_daemon": args.real_daemon,
             "cpus": os.cpu_count(),
             "pgbench": pgbench,
             "server": settings,
@@ -582,10 +670,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--seconds", type=int, default=10, help="duration of each pgbench run")
+    # Rounds of 5 s, 4 of them: a round's ratio moves by up to 0.08 on a small shared
+    # machine, so more, shorter rounds give a steadier median in the same time.
+    p.add_argument("--seconds", type=int, default=5, help="duration of each pgbench run")
     p.add_argument("--tickets", type=int, default=10_000, help="tickets in each database")
     p.add_argument("--clients", type=_client_list, default=[1, 8, 32], help="e.g. 1,8,32")
-    p.add_argument("--repeats", type=int, default=2, help="runs per variant and client count")
+    p.add_argument("--repeats", type=int, default=4, help="runs per variant and client count")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -595,7 +685,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--drain-ms",
         type=float,
         default=10.0,
-        help="emulated sender: pause between a wake-up and outbox_sleep()",
+        help="emulated sender: how long sending what one look found takes (variant w: its"
+        " pause between a wake-up and outbox_sleep())",
     )
     p.add_argument("--protocol", choices=["simple", "extended", "prepared"], default="prepared")
     p.add_argument(
@@ -609,6 +700,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--track-functions",
         action="store_true",
         help="track_functions=pl: per-call self time of trigger functions",
+    )
+    p.add_argument(
+        "--real-daemon",
+        action="store_true",
+        help="add variant d: the real daemon running, sending to a fake Twilio",
     )
     p.add_argument("--json", type=Path, help="also write the JSON document here")
     args = p.parse_args(argv)
@@ -659,7 +755,11 @@ def run_on_embedded(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = {"track_functions": "pl"} if args.track_functions else None
+    # Each run starts from a VACUUM of its own database; autovacuum would instead clean
+    # up after one variant while the next is measured.
+    settings = {"autovacuum": "off"}
+    if args.track_functions:
+        settings["track_functions"] = "pl"
     return run_on_embedded("writer-overhead-pg-", args, bench, settings)
 
 

@@ -22,6 +22,7 @@ class FakeTwilioProcess:
     def __init__(self, workdir: Path) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.workdir = workdir
         self._log = workdir / "fake_twilio.log"
 
     def start(self) -> None:
