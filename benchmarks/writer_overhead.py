@@ -16,6 +16,12 @@ one server, loaded with identical tickets:
      pgbench, so d's TPS does not measure the writers' path; d shows how often the
      real daemon went to sleep (each time, the next status change woke it: one
      notification);
+  l  (only with ``--logical-decoding``, which restarts the server with ``wal_level =
+     logical`` for every variant) no sla-daemon triggers: a publication of ``tickets``
+     and a logical replication slot (pgoutput), which a session drains with
+     ``pg_logical_slot_get_binary_changes`` every 5 ms, as a daemon reading status
+     changes from the WAL instead of a trigger could. The alternative the README names
+     for the writers' figure, measured;
   plus one variant per ``--patch NAME=FILE``: all migrations, then the SQL of FILE
   (to measure a proposed change to the triggers before it becomes a migration).
 
@@ -148,13 +154,16 @@ class Variant:
     extra_sql: str = ""
     cycles: bool = False  # the emulated sender sleeps after every --drain-ms (variant w)
     real_daemon: bool = False  # the real daemon and a fake Twilio run (variant d)
+    decoding: bool = False  # a logical slot on tickets, drained during runs (variant l)
 
     @property
     def database(self) -> str:
         return f"writer_overhead_{self.name}"
 
 
-def build_variants(patches: list[str], real_daemon: bool = False) -> list[Variant]:
+def build_variants(
+    patches: list[str], real_daemon: bool = False, decoding: bool = False
+) -> list[Variant]:
     variants = [
         Variant("a", "platform schema only, no triggers", sla_daemon=False),
         Variant("b", "sla-daemon installed (all migrations)", sla_daemon=True),
@@ -166,6 +175,10 @@ def build_variants(patches: list[str], real_daemon: bool = False) -> list[Varian
             cycles=True,
         ),
     ]
+    if decoding:
+        variants.append(
+            Variant("l", "no triggers; a logical slot on tickets, drained", False, decoding=True)
+        )
     if real_daemon:
         variants.append(
             Variant("d", "sla-daemon installed, the real daemon sending", True, real_daemon=True)
@@ -175,7 +188,7 @@ def build_variants(patches: list[str], real_daemon: bool = False) -> list[Varian
         if (
             not sep
             or not re.fullmatch(r"[a-z][a-z0-9_]*", name)
-            or name in {"a", "b", "c", "w", "d"}
+            or name in {"a", "b", "c", "w", "d", "l"}
         ):
             raise SystemExit(f"--patch wants NAME=FILE with a new lower-case NAME, got {spec!r}")
         sql = Path(file).read_text(encoding="utf-8")
@@ -223,8 +236,55 @@ async def create_variant_db(pg: EmbeddedPostgres, v: Variant, tickets: int) -> N
             SEED_SQL.format(m=MUNICIPALITY, t=TEAM, users=USERS, tickets=int(tickets))
         )
         await conn.execute("VACUUM (ANALYZE)")
+        if v.decoding:
+            await conn.execute(f"CREATE PUBLICATION {SLOT} FOR TABLE public.tickets")
+            await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", SLOT)
     finally:
         await close(conn)
+
+
+#: Variant l's publication and slot (one database each, so one name serves).
+SLOT = "writer_overhead_l"
+DECODE_SQL = (
+    "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1::name, NULL, NULL,"
+    " 'proto_version', '1', 'publication_names', $1::text)"
+)
+DECODE_EVERY = 0.005
+
+
+class Decoder:
+    """Variant l's reader of the WAL: drains the slot every 5 ms while pgbench runs."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.messages = 0
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._conn = await connect(self.dsn)
+        await self._drain()  # what the set-up wrote (VACUUM, CHECKPOINT) is not counted
+        self.messages = 0
+        self._task = asyncio.create_task(self._loop())
+
+    async def _drain(self) -> None:
+        assert self._conn is not None
+        self.messages += int(await self._conn.fetchval(DECODE_SQL, SLOT) or 0)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._drain()
+            await asyncio.sleep(DECODE_EVERY)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 30)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._drain()  # the rest, so the slot holds no WAL into the next run
+            await close(self._conn)
 
 
 class Listener:
@@ -447,16 +507,21 @@ async def one_run(
         emulate = v.sla_daemon and not v.real_daemon
         listener = Listener(dsn, daemon=emulate, drain_s=args.drain_ms / 1000, cycles=v.cycles)
         daemon = real_daemon(v, dsn, fake) if v.real_daemon else None
+        decoder = Decoder(dsn) if v.decoding else None
         try:
             await listener.start()
             if daemon is not None:
                 await daemon.start()
+            if decoder is not None:
+                await decoder.start()
             cpu0 = server_cpu_seconds(pg.pid), children_cpu_seconds()
             result = await run_pgbench(pgbench, env, v.database, script, clients, args)
             # Late notifications arrive; backends exit, are reaped and flush their stats.
             await asyncio.sleep(0.5)
             cpu1 = server_cpu_seconds(pg.pid), children_cpu_seconds()
         finally:
+            if decoder is not None:
+                await decoder.stop()
             if daemon is not None:
                 daemon.stop()
             await listener.stop()
@@ -482,6 +547,7 @@ async def one_run(
         "daemon_sleeps": listener.sleeps,
         "marks_failed": listener.marks_failed,
         "outbox_rows": outbox,
+        "decoded_messages": decoder.messages if decoder is not None else None,
         "server_cpu_us_per_txn": round(1e6 * (cpu1[0] - cpu0[0]) / done, 1),
         "pgbench_cpu_us_per_txn": round(1e6 * (cpu1[1] - cpu0[1]) / done, 1),
         "loadavg_before": round(load, 2),
@@ -579,7 +645,7 @@ def fake_twilio(workdir: Path, wanted: bool) -> Iterator[FakeTwilioProcess | Non
 
 
 async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
-    variants = build_variants(args.patch, args.real_daemon)
+    variants = build_variants(args.patch, args.real_daemon, args.logical_decoding)
     pgbench = find_pgbench()
     info = pg.server.get_postmaster_info()
     env = dict(os.environ)
@@ -602,6 +668,7 @@ async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
                 "shared_buffers",
                 "max_connections",
                 "track_functions",
+                "wal_level",
             )
         }
     finally:
@@ -644,6 +711,7 @@ async def bench(pg: EmbeddedPostgres, args: Any) -> dict[str, Any]:
             "protocol": args.protocol,
             "drain_ms": args.drain_ms,
             "real_daemon": args.real_daemon,
+            "logical_decoding": args.logical_decoding,
             "cpus": os.cpu_count(),
             "pgbench": pgbench,
             "server": settings,
@@ -706,6 +774,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add variant d: the real daemon running, sending to a fake Twilio",
     )
+    p.add_argument(
+        "--logical-decoding",
+        action="store_true",
+        help="wal_level = logical for every variant, and variant l: a drained logical slot",
+    )
     p.add_argument("--json", type=Path, help="also write the JSON document here")
     args = p.parse_args(argv)
     if args.seconds < 1 or args.tickets < 1 or args.repeats < 1:
@@ -722,6 +795,7 @@ def run_on_embedded(
     args: Any,
     bench: Callable[[EmbeddedPostgres, Any], Coroutine[Any, Any, dict[str, Any]]],
     settings: dict[str, str] | None = None,
+    restart: bool = False,
 ) -> int:
     """Start a private server, run ``bench`` on it, always stop it by PID, print the JSON.
 
@@ -731,6 +805,9 @@ def run_on_embedded(
     pg: EmbeddedPostgres | None = None
     try:
         pg = start_embedded(data_dir, fast=args.fast, settings=settings)
+        if restart:  # settings such as wal_level take effect only at a start
+            pg.stop()
+            pg = start_embedded(data_dir, fast=args.fast)
         log(f"PostgreSQL started (pid {pg.pid}, {'fast' if args.fast else 'durable'} settings)")
         doc = asyncio.run(bench(pg, args))
     except KeyboardInterrupt:
@@ -760,7 +837,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"autovacuum": "off"}
     if args.track_functions:
         settings["track_functions"] = "pl"
-    return run_on_embedded("writer-overhead-pg-", args, bench, settings)
+    if args.logical_decoding:
+        settings.update(wal_level="logical", max_replication_slots="4")
+    return run_on_embedded(
+        "writer-overhead-pg-", args, bench, settings, restart=args.logical_decoding
+    )
 
 
 if __name__ == "__main__":
