@@ -74,7 +74,6 @@ from typing import Any
 import asyncpg
 
 from benchmarks.cpu import postgres_cpu
-from benchmarks.run.common import FROM_NUMBER, _child_env
 from benchmarks.run.processes import DaemonProcess, FakeTwilioProcess
 from sla_daemon.db import load_migrations, migrate
 from sla_daemon.embedded import (
@@ -84,7 +83,6 @@ from sla_daemon.embedded import (
     process_alive,
     start_embedded,
 )
-from tests.fake_twilio import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 
 CHANNELS = ("sla_daemon_outbox", "sla_daemon_timer", "naive")
 MUNICIPALITY = "00000000-0000-4000-8000-00000000b001"
@@ -440,18 +438,7 @@ async def prepare_run(conn: asyncpg.Connection, v: Variant) -> None:
 def real_daemon(v: Variant, dsn: str, fake: FakeTwilioProcess | None) -> DaemonProcess:
     """``sla-daemon run`` on variant d's database, sending to the fake Twilio."""
     assert fake is not None, "variant d needs the fake Twilio"
-    env = _child_env(
-        {
-            "DATABASE_URL": dsn,
-            "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
-            "TWILIO_WHATSAPP_NUMBER": FROM_NUMBER,
-            "TWILIO_API_BASE_URL": fake.base_url,
-            "SLA_DAEMON_SEND_RATE_PER_SECOND": "100000",
-            "SLA_DAEMON_METRICS_ADDRESS": "127.0.0.1:0",
-            "SLA_DAEMON_WORKER_ID": f"writer-overhead-{v.name}",
-        }
-    )
+    env = fake.daemon_env(dsn, f"writer-overhead-{v.name}", {})
     return DaemonProcess(v.name, env, fake.workdir)
 
 

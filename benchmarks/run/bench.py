@@ -17,10 +17,8 @@ from sla_daemon import db
 from sla_daemon.embedded import EmbeddedPostgres
 from sla_daemon.messages import MessageCatalog
 from sla_daemon.phones import normalize_phone, whatsapp_address
-from tests.fake_twilio import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 
 from .common import (
-    FROM_NUMBER,
     MANAGER,
     MUNICIPALITY,
     STAFF,
@@ -29,7 +27,6 @@ from .common import (
     USERS,
     WRITERS,
     Sizes,
-    _child_env,
 )
 from .measure import CpuMeter, Measure, WaitSampler
 from .processes import DaemonProcess, FakeTwilioProcess
@@ -209,20 +206,7 @@ class Bench:
         return self.pg.dsn(name)
 
     def daemon(self, name: str, dsn: str) -> DaemonProcess:
-        env = _child_env(
-            {
-                "DATABASE_URL": dsn,
-                "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
-                "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
-                "TWILIO_WHATSAPP_NUMBER": FROM_NUMBER,
-                "TWILIO_API_BASE_URL": self.fake_proc.base_url,
-                # 80/s is Twilio's production limit for one sender; not what is measured.
-                "SLA_DAEMON_SEND_RATE_PER_SECOND": "100000",
-                "SLA_DAEMON_METRICS_ADDRESS": "127.0.0.1:0",
-                "SLA_DAEMON_WORKER_ID": f"bench-{name}",
-                **self.overrides,
-            }
-        )
+        env = self.fake_proc.daemon_env(dsn, f"bench-{name}", self.overrides)
         d = DaemonProcess(name, env, self.workdir)
         self.daemons.append(d)
         return d

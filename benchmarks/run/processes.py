@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from .common import ROOT, _child_env, log, stop_pid
+from tests.fake_twilio import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
+
+from .common import FROM_NUMBER, ROOT, _child_env, log, stop_pid
 from .rss import proc_status
 
 
@@ -46,6 +48,23 @@ class FakeTwilioProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def daemon_env(self, dsn: str, worker_id: str, extra: dict[str, str]) -> dict[str, str]:
+        """A benchmark daemon's environment: ``dsn``, sending to this fake Twilio."""
+        return _child_env(
+            {
+                "DATABASE_URL": dsn,
+                "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
+                "TWILIO_WHATSAPP_NUMBER": FROM_NUMBER,
+                "TWILIO_API_BASE_URL": self.base_url,
+                # 80/s is Twilio's production limit for one sender; not what is measured.
+                "SLA_DAEMON_SEND_RATE_PER_SECOND": "100000",
+                "SLA_DAEMON_METRICS_ADDRESS": "127.0.0.1:0",
+                "SLA_DAEMON_WORKER_ID": worker_id,
+                **extra,
+            }
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
