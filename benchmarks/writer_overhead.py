@@ -320,6 +320,12 @@ class Listener:
         assert self._work is not None
         return int(await self._work.fetchval(PROGRESS_SQL) or 0)
 
+    async def _mark_awake(self) -> bool:
+        assert self._work is not None
+        awake = bool(await self._work.fetchval("SELECT sla_daemon.outbox_awake()"))
+        self.marks_failed += not awake
+        return awake
+
     async def _sender(self) -> None:
         assert self._work is not None
         while True:
@@ -327,22 +333,28 @@ class Listener:
             self._woken.clear()
             # The daemon's protocol (migration 0005): mark awake on the connection
             # that stays; when idle, set the flag, then drop the mark.
-            awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
-            self.marks_failed += not awake
+            awake = await self._mark_awake()
+            seen = await self._look()  # claim what is there
             while True:
-                seen = await self._look()  # claim what is there
                 if self.drain_s > 0:
                     await asyncio.sleep(self.drain_s)  # and send it
-                if self.cycles or await self._look() == seen:
-                    # idle (or variant w): as the real sender after an empty claim
-                    await self._work.execute("SELECT sla_daemon.outbox_sleep()")
-                    if awake:
-                        await self._work.execute("SELECT sla_daemon.outbox_release()")
-                    self.sleeps += 1
-                    if self.cycles or await self._look() == seen:
-                        break  # the look after dropping the mark found nothing either
-                    awake = await self._work.fetchval("SELECT sla_daemon.outbox_awake()")
-                    self.marks_failed += not awake
+                if not self.cycles:
+                    now = await self._look()
+                    if now != seen:  # more came meanwhile: claim and send that too
+                        seen = now
+                        continue
+                # idle (or variant w): as the real sender after an empty claim
+                await self._work.execute("SELECT sla_daemon.outbox_sleep()")
+                if awake:
+                    await self._work.execute("SELECT sla_daemon.outbox_release()")
+                self.sleeps += 1
+                if self.cycles:
+                    break
+                now = await self._look()  # once more, after dropping the mark
+                if now == seen:
+                    break
+                seen = now
+                awake = await self._mark_awake()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -512,8 +524,8 @@ async def one_run(
             if daemon is not None:
                 daemon.stop()
             await listener.stop()
-        if daemon is not None:  # each of its sleeps ended with a writer's notification
-            listener.sleeps = listener.counts["sla_daemon_outbox"]
+        # The real daemon's sleeps each ended with a writer's notification.
+        sleeps = listener.counts["sla_daemon_outbox"] if daemon is not None else listener.sleeps
         after = await snapshot(admin, args.track_functions)
         outbox = 0
         if v.sla_daemon:
@@ -531,7 +543,7 @@ async def one_run(
         "transactions": result.transactions,
         "failed": result.failed,
         "notifications": dict(listener.counts),
-        "daemon_sleeps": listener.sleeps,
+        "daemon_sleeps": sleeps,
         "marks_failed": listener.marks_failed,
         "outbox_rows": outbox,
         "decoded_messages": decoder.messages if decoder is not None else None,
